@@ -1,0 +1,1 @@
+"""Everything about the Bulk360 provider: client, codes, segments, simulator."""

@@ -1,0 +1,103 @@
+"""The application: `create_app()` and its lifespan (engine, upstream client, DN writer)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from app import __version__
+from app.bulk360.client import Bulk360Client
+from app.config import Settings, load_settings
+from app.db import create_engine, create_sessionmaker
+from app.deps import State
+from app.errors import install_error_handlers
+from app.messages.endpoints import router as messages_router
+from app.notifications.endpoints import hook_router as dn_hook_router
+from app.notifications.endpoints import router as notifications_router
+from app.notifications.writer import DNWriter
+from app.ops.endpoints import router as ops_router
+from app.ops.logging import configure_logging
+from app.ops.middleware import RequestMiddleware
+
+log = structlog.get_logger("app")
+
+MAX_BODY_BYTES = 1_048_576  # a send to 1,000 recipients with a long text fits easily
+
+DESCRIPTION = """\
+Relay between internal services and the Bulk360 SMS/WhatsApp gateway.
+
+* **Send** with `POST /v1/messages` (API key: `Authorization: Bearer <key>`).
+* **Look up** what became of a message by `ref`, id, phone number, time or status.
+* **Delivery notifications** arrive at `/dn/{DN_HOOK_TOKEN}` (the hook URL registered at
+  Bulk360 > Configurations > APIs); the last one received is final.
+
+Every error answers `{"error": "<machine_code>", "detail": "<human text>"}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, State]]:
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        simulator = None
+        base_url = settings.bulk360_base_url
+        if settings.uses_builtin_simulator:
+            from app.bulk360.simulator import Simulator, SimulatorConfig
+
+            simulator = Simulator(
+                SimulatorConfig(
+                    app_key=settings.effective_app_key,
+                    app_secret=settings.effective_app_secret,
+                    dn_url=f"{settings.public_base_url}/dn/{settings.effective_dn_hook_token}",
+                    dn_delay_s=settings.sandbox_dn_delay_s,
+                )
+            )
+            base_url = await simulator.start()
+        bulk360 = Bulk360Client(settings, base_url=base_url)
+        dn_writer = DNWriter(settings, engine)
+        await bulk360.start()
+        await dn_writer.start()
+        if settings.sandbox:
+            log.warning(
+                "sandbox mode: nothing is really sent; "
+                + ("built-in simulator is the upstream" if simulator else f"upstream {base_url}")
+                + "".join(f"; {d}" for d in settings.sandbox_defaults_in_use())
+            )
+        state = State(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            bulk360=bulk360,
+            dn_writer=dn_writer,
+            simulator=simulator,
+        )
+        try:
+            yield {"relay": state}
+        finally:
+            # uvicorn has finished in-flight requests by now; the writer drains its queue.
+            await dn_writer.stop()
+            await bulk360.close()
+            if simulator is not None:
+                await simulator.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="bulk360-relay",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    install_error_handlers(app)
+    app.include_router(messages_router)
+    app.include_router(notifications_router)
+    app.include_router(dn_hook_router)
+    app.include_router(ops_router)
+    app.add_middleware(RequestMiddleware)
+    return app

@@ -1,0 +1,121 @@
+"""All tables in one place (Alembic reads this one import).
+
+- `messages`: one row per recipient of a send, written (status `unknown`, no ref) *before* the
+  upstream request, then filled in from the answer; DNs update it, the last received wins.
+- `delivery_notifications`: every DN ever received, raw; `id` is drawn from a database sequence
+  at insert time and is the receipt order (`seq` in the API) - never a clock.
+- `idempotency_keys`: one row per (API key name, Idempotency-Key), holding the stored response.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; Postgres gets BIGINT identity.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+MESSAGE_STATUSES = ("unknown", "pending", "delivered", "undelivered", "rejected")
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # All rows of one POST /v1/messages share it (a UUID), e.g. to find the rest of a batch.
+    send_id: Mapped[str] = mapped_column(String(36))
+    api_key_name: Mapped[str] = mapped_column(String(64))
+    client_ref: Mapped[str | None] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    msisdn: Mapped[str] = mapped_column(String(32))  # E.164 digits, no '+' or 'whatsapp:'
+    sender: Mapped[str | None] = mapped_column(String(11))  # the `from` field
+    encoding: Mapped[str | None] = mapped_column(String(8))
+    segments: Mapped[int | None] = mapped_column(Integer)
+    # Null until the provider answers; unique so a DN's msgid finds exactly one message.
+    ref: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="unknown")
+    submit_code: Mapped[int | None] = mapped_column(Integer)
+    submit_desc: Mapped[str | None] = mapped_column(String(255))
+    rate: Mapped[str | None] = mapped_column(String(32))  # decimal text, as the provider charged
+    currency: Mapped[str | None] = mapped_column(String(8))
+    # The last DN received (highest receipt sequence) decides these.
+    delivery_status: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_description: Mapped[str | None] = mapped_column(String(255))
+    last_dn_seq: Mapped[int | None] = mapped_column(BigInteger)
+    dn_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    final_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('unknown', 'pending', 'delivered', 'undelivered', 'rejected')",
+            name="status_valid",
+        ),
+        CheckConstraint("channel IN ('sms', 'whatsapp')", name="channel_valid"),
+        # Lookups are newest first with keyset pagination on (created_at, id).
+        Index("ix_messages_created_at_id", "created_at", "id"),
+        Index("ix_messages_msisdn_created_at_id", "msisdn", "created_at", "id"),
+        Index("ix_messages_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_messages_client_ref_created_at_id", "client_ref", "created_at", "id"),
+        Index("ix_messages_send_id", "send_id"),
+    )
+
+
+class DeliveryNotification(Base):
+    __tablename__ = "delivery_notifications"
+
+    # Identity on Postgres (a sequence), INTEGER PRIMARY KEY on SQLite: the receipt order.
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    msgid: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    msisdn: Mapped[str | None] = mapped_column(String(64))
+    # Null while no message carries this msgid as its ref (the DN may beat the send answer).
+    message_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("messages.id", ondelete="SET NULL"),
+    )
+    raw: Mapped[str] = mapped_column(Text)  # every field as received, JSON
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_delivery_notifications_msgid_id", "msgid", "id"),
+        Index("ix_delivery_notifications_message_id_id", "message_id", "id"),
+        Index(
+            "ix_delivery_notifications_unmatched_id",
+            "id",
+            postgresql_where=text("message_id IS NULL"),
+            sqlite_where=text("message_id IS NULL"),
+        ),
+    )
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    api_key_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # NULL while the first request is in flight; then the stored answer.
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)

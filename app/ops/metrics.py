@@ -1,0 +1,49 @@
+"""Every Prometheus metric of the service, in one place.
+
+Labels are bounded: route templates (never raw paths, the DN token is in one), outcomes and
+status codes from small fixed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "relay_http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "relay_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SENDS = Counter(
+    "relay_messages_total",
+    "Messages (recipients) by send outcome: pending, rejected, unknown, insufficient_credit, ...",
+    ["outcome"],
+)
+UPSTREAM_REQUESTS = Counter(
+    "relay_upstream_requests_total",
+    "Requests to Bulk360 by endpoint and result (HTTP status, or timeout/connection_error)",
+    ["endpoint", "result"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "relay_upstream_request_duration_seconds",
+    "Latency of requests to Bulk360",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TOKEN_REFRESHES = Counter(
+    "relay_upstream_token_refreshes_total", "OAuth2 token requests by result", ["result"]
+)
+DN_RECEIVED = Counter(
+    "relay_dn_total",
+    "Delivery notifications by outcome: stored, rejected (4xx), unavailable (503)",
+    ["outcome"],
+)
+DN_QUEUE_DEPTH = Gauge("relay_dn_writer_queue_depth", "DNs waiting for the writer's next batch")
+DN_BATCH_SIZE = Histogram(
+    "relay_dn_writer_batch_size",
+    "DNs committed per writer transaction",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
