@@ -84,7 +84,8 @@ class DeliveryNotification(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     msgid: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(64))
-    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(32))  # normalised ("0" -> "000")
+    error_description: Mapped[str | None] = mapped_column(String(255))
     msisdn: Mapped[str | None] = mapped_column(String(64))
     # Null while no message carries this msgid as its ref (the DN may beat the send answer).
     message_id: Mapped[int | None] = mapped_column(

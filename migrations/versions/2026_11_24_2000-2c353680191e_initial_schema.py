@@ -72,6 +72,7 @@ def upgrade() -> None:
     sa.Column('msgid', sa.String(length=128), nullable=False),
     sa.Column('status', sa.String(length=64), nullable=False),
     sa.Column('error_code', sa.String(length=32), nullable=True),
+    sa.Column('error_description', sa.String(length=255), nullable=True),
     sa.Column('msisdn', sa.String(length=64), nullable=True),
     sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('raw', sa.Text(), nullable=False),

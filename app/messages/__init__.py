@@ -1,0 +1,1 @@
+"""Messages: the send path and the status lookup."""

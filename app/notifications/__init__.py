@@ -1,0 +1,1 @@
+"""Delivery notifications: the DN hook, its group-commit writer, and the DN list."""

@@ -1,0 +1,94 @@
+"""How DNs decide a message's final state, shared by the DN writer and the send path.
+
+The rule: a message's delivery fields are a function of its DN with the highest receipt
+sequence (`delivery_notifications.id`). Both writers recompute from that DN rather than
+applying "this DN" blindly, so a transaction that commits late can never put an older DN on
+top of a newer one.
+
+The race this module closes: a DN may arrive before the send path has recorded the ref it
+refers to (the provider answers the send, sends the DN, and our UPDATE of the ref has not
+committed yet). Both sides take a transaction-scoped advisory lock per ref (sorted, so two
+writers never deadlock) before they read or write; whichever commits second sees the other's
+rows and attaches them. SQLite needs no lock: it has one writer at a time (BEGIN IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# The message's status follows its last DN; an unrecognised raw status is not final, so a
+# delivered/undelivered message goes back to pending, anything else keeps its status.
+_REFRESH_SQL = """
+UPDATE messages SET
+    last_dn_seq = d.id,
+    dn_count = (SELECT count(*) FROM delivery_notifications c WHERE c.message_id = messages.id),
+    delivery_status = d.status,
+    error_code = d.error_code,
+    error_description = d.error_description,
+    status = CASE upper(d.status)
+        WHEN 'DELIVERED' THEN 'delivered'
+        WHEN 'UNDELIVERED' THEN 'undelivered'
+        ELSE CASE WHEN messages.status IN ('delivered', 'undelivered') THEN 'pending'
+                  ELSE messages.status END
+        END,
+    final_at = CASE WHEN upper(d.status) IN ('DELIVERED', 'UNDELIVERED')
+                    THEN d.received_at ELSE NULL END,
+    updated_at = CURRENT_TIMESTAMP
+FROM (
+    SELECT dn.id, dn.message_id, dn.status, dn.error_code, dn.error_description, dn.received_at
+    FROM delivery_notifications dn
+    WHERE dn.id = (SELECT max(x.id) FROM delivery_notifications x WHERE x.message_id = dn.message_id)
+      AND dn.message_id IN ({ids})
+) AS d
+WHERE messages.id = d.message_id
+  AND (messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)
+"""
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def lock_refs(session: AsyncSession, refs: Sequence[str]) -> None:
+    """Serialise with any DN writer touching the same refs, until this transaction ends."""
+    if not refs or not is_postgres(session):
+        return
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(r, 0)) "
+            "FROM (SELECT DISTINCT unnest(CAST(:refs AS text[])) AS r ORDER BY 1) AS s"
+        ),
+        {"refs": list(refs)},
+    )
+
+
+async def refresh_messages(session: AsyncSession, message_ids: Sequence[int]) -> None:
+    """Recompute the delivery fields of these messages from their last DN."""
+    if not message_ids:
+        return
+    ids = ", ".join(str(int(i)) for i in message_ids)  # ints only: safe to inline
+    await session.execute(text(_REFRESH_SQL.format(ids=ids)))
+
+
+async def attach_dns(session: AsyncSession, refs_by_message: dict[int, str]) -> None:
+    """Attach DNs that arrived before their message had a ref, then refresh those messages.
+
+    Call inside the transaction that records the refs, after `lock_refs`.
+    """
+    if not refs_by_message:
+        return
+    touched: list[int] = []
+    for message_id, ref in refs_by_message.items():
+        result = await session.execute(
+            text(
+                "UPDATE delivery_notifications SET message_id = :mid "
+                "WHERE msgid = :ref AND message_id IS NULL"
+            ),
+            {"mid": message_id, "ref": ref},
+        )
+        if getattr(result, "rowcount", 0):
+            touched.append(message_id)
+    await refresh_messages(session, touched)
