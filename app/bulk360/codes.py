@@ -38,8 +38,7 @@ DN_ERROR_CODES: Final[dict[str, str]] = {
     "50": "Unknown Error / Not specify",
     "501": "Absent Subscriber",
     "502": (
-        "Handset memory capacity exceeded. "
-        "Handset has run out of free memory to store new message"
+        "Handset memory capacity exceeded. Handset has run out of free memory to store new message"
     ),
     "503": "Equipment protocol error",
     "504": "Equipment not equipped with short-message capability",
