@@ -1,0 +1,587 @@
+"""A stand-in for the Bulk360 gateway, faithful to its API document (v2.0).
+
+Used by sandbox mode, every test and the benchmarks. It runs inside another process's event
+loop (`await Simulator(config).start()` on an ephemeral port) or standalone
+(`bulk360-relay simulator`), and implements:
+
+- `POST /oauth/token` — form `grant_type=client_credentials&client_id=…&client_secret=…`;
+  exactly the pair of its config is accepted, anything else gets the doc's `invalid_client`
+  body with HTTP 401. Tokens expire `token_ttl_s` after issue.
+- `POST /api/bulk360/v2.0` — `Authorization: Bearer <token>`, form `to, from, text, detail`.
+  One recipient answers the flat shape, several the `messages` shape, as in the doc; with
+  `detail=1`, `balance` is the balance *before* the send (a 4-decimal string) and `rate` is the
+  number `0.11` for numbers ending in an even digit and the string `"0.2500"` for odd ones —
+  the doc's own example has both types. SMS to `60…` numbers get the `RM0 ` prefix and are
+  charged rate x segments of the prefixed text; WhatsApp (`whatsapp:` prefix) rate x 1.
+- Delivery notifications to `dn_url` (if set), `dn_delay_s` after the send, with fields
+  `status`, `error-code`, `msisdn`, `msgid`. The doc does not say whether the provider uses GET
+  or POST, so DNs alternate: the n-th DN scheduled since start/reset goes as a GET with a query
+  string when n is even, as a POST with an urlencoded form when odd. A DN answered non-200 or
+  failing to connect is retried (`dn_attempts` in all, doubling backoff from `dn_backoff_s`).
+  Several DNs for one message are sent one after the other, each awaited before the next.
+- Inspection: `GET /_simulator/sent` (accepted MTs), `GET /_simulator/state` (`token_requests`
+  and `mt_requests` count every call to those URLs, refused ones included; `balance`;
+  `dn_deliveries`, one entry per delivery attempt), `POST /_simulator/reset`, and
+  `POST /_simulator/expire-tokens` (every issued token stops working at once).
+
+Special behaviour is reserved to recipients 60199990000 to 60199999999 (019-999 xxxx), chosen by
+the last four digits. Every other valid number is accepted and gets exactly one DELIVERED DN
+with error-code `000`.
+
+| last 4 | behaviour |
+|---|---|
+| `0402` | whole request: HTTP 402 `Insufficient Account credit`, nothing sent |
+| `0403` | whole request: HTTP 403, the doc's 403 desc, nothing sent |
+| `0412` | whole request: HTTP 412 `Account suspended / Terminated / Not activated`, nothing sent |
+| `0413` | whole request: HTTP 413, the doc's 413 desc, nothing sent |
+| `0405` | this recipient rejected: code 405 `Invalid Message Type`, no ref (HTTP 200) |
+| `0406` | this recipient rejected: code 406 `Message content is not approved`, no ref |
+| `0407` | this recipient rejected: code 407 `Banned Content detected. Your account is suspended` |
+| `0500` | whole request: HTTP 500 `{"code":500,"desc":"Internal server error"}`, nothing sent |
+| `0900` | accepted and recorded as sent, but answered only after `slow_s` (past a client timeout) |
+| `0901` | accepted and recorded as sent, then the connection is reset without an answer |
+| `0902` | accepted and recorded as sent, answered HTTP 200 with a non-JSON (HTML) body |
+| `2ccc` | accepted; one UNDELIVERED DN, error-code `str(int(ccc))`: `2501` → `501`, `2050` → `50` |
+| `3000` | accepted; no DN at all |
+| `3001` | accepted; DNs UNDELIVERED `511`, then DELIVERED `000` (final: DELIVERED) |
+| `3002` | accepted; DELIVERED `000` twice (a duplicate) |
+| `3003` | accepted; DELIVERED `000`, then UNDELIVERED `501` (out of order: final UNDELIVERED) |
+| `3004` | accepted; one DELIVERED DN without the optional `error-code` field |
+
+When a request holds several whole-request specials, the first in `to` order decides.
+Recipient entries that are not 6 to 15 digits (after an optional `whatsapp:` prefix), or a `from`
+that is not 1 to 11 letters/digits, make the whole request a 400, like a missing field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+import os
+import random
+import re
+import secrets
+import socket
+import string
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+log = structlog.get_logger("app.bulk360.simulator")
+
+TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a password
+SEND_PATH = "/api/bulk360/v2.0"
+
+DESCS = {
+    200: "OK",
+    400: "Missing parameters or invalid field type",
+    401: "Invalid Username or password",
+    402: "Insufficient Account credit",
+    403: (
+        "Email or Mobile Number not verify, message API not enabled, "
+        "requested IP not whitelisted or not enabled"
+    ),
+    405: "Invalid Message Type",
+    406: "Message content is not approved",
+    407: "Banned Content detected. Your account is suspended",
+    412: "Account suspended / Terminated / Not activated",
+    413: "Account under observation mode, limited features enabled",
+    500: "Internal server error",
+}
+INVALID_CLIENT = {
+    "error": "invalid_client",
+    "error_description": "Client authentication failed",
+    "message": "Client authentication failed",
+}
+
+_SPECIAL = re.compile(r"6019999(\d{4})")
+_MSISDN = re.compile(r"\d{6,15}")
+_SENDER = re.compile(r"[A-Za-z0-9]{1,11}")
+_WHOLE_REQUEST_CODES = {"0402": 402, "0403": 403, "0412": 412, "0413": 413, "0500": 500}
+_REJECT_CODES = {"0405": 405, "0406": 406, "0407": 407}
+_FAULTS = ("0900", "0901", "0902")
+_EVEN_RATE, _ODD_RATE = Decimal("0.11"), Decimal("0.25")
+_CENTS4 = Decimal("0.0001")
+_ALNUM = string.digits + string.ascii_letters
+
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")
+
+
+def _segments(text: str) -> tuple[str, int]:
+    """(encoding, segments) of one SMS text; a character never straddles two segments."""
+    if all(c in _GSM7_BASIC or c in _GSM7_EXTENDED for c in text):
+        encoding, single, part = "gsm7", 160, 153
+        units = [2 if c in _GSM7_EXTENDED else 1 for c in text]
+    else:
+        encoding, single, part = "ucs2", 70, 67
+        units = [2 if ord(c) > 0xFFFF else 1 for c in text]
+    if sum(units) <= single:
+        return encoding, 1
+    count, used = 1, 0
+    for unit in units:
+        if used + unit > part:
+            count, used = count + 1, 0
+        used += unit
+    return encoding, count
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(_CENTS4))
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass
+class SimulatorConfig:
+    app_key: str = "sandbox-app-key"
+    app_secret: str = "sandbox-app-secret"  # noqa: S105 - the public sandbox value
+    token_ttl_s: float = 3600
+    dn_url: str | None = None
+    dn_delay_s: float = 1.0
+    slow_s: float = 60.0
+    balance: Decimal = Decimal("1000.0000")
+    currency: str = "MYR"
+    dn_attempts: int = 4
+    dn_backoff_s: float = 0.2
+
+    @classmethod
+    def from_env(cls) -> SimulatorConfig:
+        """Read BULK360_APP_KEY/SECRET and SIMULATOR_* (unset or empty → the default)."""
+        d = cls()
+        raw_balance = os.environ.get("SIMULATOR_BALANCE", "").strip()
+        try:
+            balance = Decimal(raw_balance) if raw_balance else d.balance
+        except ArithmeticError:
+            raise ValueError(f"SIMULATOR_BALANCE must be a number, got {raw_balance!r}") from None
+        return cls(
+            app_key=os.environ.get("BULK360_APP_KEY") or d.app_key,
+            app_secret=os.environ.get("BULK360_APP_SECRET") or d.app_secret,
+            token_ttl_s=_env_float("SIMULATOR_TOKEN_TTL_S", d.token_ttl_s),
+            dn_url=os.environ.get("SIMULATOR_DN_URL") or None,
+            dn_delay_s=_env_float("SIMULATOR_DN_DELAY_S", d.dn_delay_s),
+            slow_s=_env_float("SIMULATOR_SLOW_S", d.slow_s),
+            balance=balance,
+        )
+
+
+@dataclass
+class _Recipient:
+    to: str  # as given, echoed back
+    msisdn: str
+    channel: str  # "sms" | "whatsapp"
+    special: str | None  # last 4 digits inside the reserved range
+
+    @property
+    def rate(self) -> Decimal:
+        return _EVEN_RATE if int(self.msisdn[-1]) % 2 == 0 else _ODD_RATE
+
+    @property
+    def rate_json(self) -> float | str:
+        # The doc's example shows both types; a client must cope with either.
+        return 0.11 if self.rate == _EVEN_RATE else _money(self.rate)
+
+
+def _parse_recipients(to: str) -> list[_Recipient] | None:
+    result = []
+    for entry in to.split(","):
+        given = entry.strip()
+        number, channel = given, "sms"
+        if given[:9].lower() == "whatsapp:":
+            number, channel = given[9:], "whatsapp"
+        if not _MSISDN.fullmatch(number):
+            return None
+        match = _SPECIAL.fullmatch(number)
+        result.append(_Recipient(given, number, channel, match.group(1) if match else None))
+    return result
+
+
+def _dn_plan(special: str | None) -> list[tuple[str, str | None]]:
+    """(status, error-code) of each DN for one accepted recipient, in sending order."""
+    plans: dict[str, list[tuple[str, str | None]]] = {
+        "3000": [],
+        "3001": [("UNDELIVERED", "511"), ("DELIVERED", "000")],
+        "3002": [("DELIVERED", "000"), ("DELIVERED", "000")],
+        "3003": [("DELIVERED", "000"), ("UNDELIVERED", "501")],
+        "3004": [("DELIVERED", None)],
+    }
+    if special in plans:
+        return plans[special]
+    if special is not None and special[0] == "2":
+        return [("UNDELIVERED", str(int(special[1:])))]
+    return [("DELIVERED", "000")]
+
+
+@dataclass
+class _DN:
+    ref: str
+    msisdn: str
+    status: str
+    error_code: str | None
+    how: str  # "GET" | "POST"
+
+
+class Simulator:
+    """The Bulk360 stand-in: an aiohttp app plus what it has seen, readable by tests."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.base_url = ""  # set by start()
+        self.token_requests = 0
+        self.mt_requests = 0
+        self.sent: list[dict[str, Any]] = []
+        self.dn_deliveries: list[dict[str, Any]] = []
+        self._spent = Decimal(0)
+        self._tokens: dict[str, float] = {}  # token → time.monotonic() it expires at
+        self._ref_seq = 0
+        self._dn_seq = 0
+        self._dn_tasks: set[asyncio.Task[None]] = set()
+        self._session: ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post(TOKEN_PATH, self._token),
+                web.post(SEND_PATH, self._send),
+                web.get("/_simulator/sent", self._sent_view),
+                web.get("/_simulator/state", self._state_view),
+                web.post("/_simulator/reset", self._reset_view),
+                web.post("/_simulator/expire-tokens", self._expire_view),
+            ]
+        )
+        self.app.on_startup.append(self._on_startup)
+        self.app.on_shutdown.append(self._on_shutdown)
+        self.app.on_cleanup.append(self._on_cleanup)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve in the running loop (no signal handling); return the base URL."""
+        # A short shutdown_timeout: a 0900 handler may still be parked when we stop.
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound_port = self._runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        self.base_url = f"http://{shown}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop serving; pending DN deliveries are cancelled, the DN client closed."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            self._stopping.set()
+            await runner.cleanup()
+
+    async def wait_dns_sent(self, timeout: float = 10) -> None:  # noqa: ASYNC109 - public API
+        """Return once every scheduled DN delivery (retries included) has finished."""
+        async with asyncio.timeout(timeout):
+            while pending := {t for t in self._dn_tasks if not t.done()}:
+                await asyncio.wait(pending)
+
+    def reset(self) -> None:
+        """Forget counters, sent MTs and DN outcomes; restore the configured balance."""
+        self.token_requests = self.mt_requests = 0
+        self.sent.clear()
+        self.dn_deliveries.clear()
+        self._spent = Decimal(0)
+        self._dn_seq = 0  # refs keep counting: they must stay unique for the relay's store
+
+    def expire_tokens(self) -> None:
+        self._tokens.clear()
+
+    @property
+    def balance(self) -> Decimal:
+        # Derived from the config so a test may change config.balance at run time.
+        return self.config.balance - self._spent
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._stopping.clear()
+        self._session = ClientSession(timeout=ClientTimeout(total=10))
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self._stopping.set()
+        tasks = list(self._dn_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- provider endpoints ------------------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.token_requests += 1
+        form = await request.post()
+        ok = (
+            form.get("grant_type") == "client_credentials"
+            and secrets.compare_digest(str(form.get("client_id", "")), self.config.app_key)
+            and secrets.compare_digest(str(form.get("client_secret", "")), self.config.app_secret)
+        )
+        if not ok:
+            return _json(INVALID_CLIENT, 401)
+        now = time.monotonic()
+        self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
+        token = self._new_token()
+        self._tokens[token] = now + self.config.token_ttl_s
+        expires_in = math.ceil(self.config.token_ttl_s)
+        return _json({"token_type": "Bearer", "expires_in": expires_in, "access_token": token})
+
+    def _new_token(self) -> str:
+        """Opaque, but shaped like the doc's Passport JWT (header.claims.signature)."""
+        now = time.time()
+        header = {"typ": "JWT", "alg": "RS256"}
+        claims = {
+            "aud": "18",
+            "jti": uuid.uuid4().hex + secrets.token_hex(24),
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.config.token_ttl_s,
+            "sub": "",
+            "scopes": ["*"],
+        }
+        return ".".join(
+            (_b64(orjson.dumps(header)), _b64(orjson.dumps(claims)), _b64(secrets.token_bytes(512)))
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        expires_at = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        return expires_at is not None and time.monotonic() < expires_at
+
+    async def _send(self, request: web.Request) -> web.StreamResponse:
+        self.mt_requests += 1
+        if not self._authorized(request):
+            return _json({"code": 401, "desc": DESCS[401]}, 401)
+        form = await request.post()
+        to, text = str(form.get("to", "")), str(form.get("text", ""))
+        sender = str(form.get("from", "")).strip()
+        detail = str(form.get("detail", "")).strip() == "1"
+        recipients = _parse_recipients(to) if to and text and len(to) <= 150 else None
+        if recipients is None or (sender and not _SENDER.fullmatch(sender)):
+            return _json({"code": 400, "desc": DESCS[400]}, 400)
+
+        for r in recipients:
+            if r.special in _WHOLE_REQUEST_CODES:
+                code = _WHOLE_REQUEST_CODES[r.special]
+                return _json({"code": code, "desc": DESCS[code]}, code)
+
+        balance_before = self.balance
+        accepted: list[tuple[int, _Recipient, int, str]] = []
+        for i, r in enumerate(recipients):
+            if r.special in _REJECT_CODES:
+                continue
+            if r.channel == "sms" and r.msisdn.startswith("60"):
+                encoding, segments = _segments("RM0 " + text)  # the provider's own prefix
+            elif r.channel == "sms":
+                encoding, segments = _segments(text)
+            else:
+                encoding, segments = _segments(text)[0], 1  # WhatsApp: one charge per message
+            accepted.append((i, r, segments, encoding))
+        total = sum((r.rate * segments for _, r, segments, _ in accepted), Decimal(0))
+        if total > balance_before:
+            return _json({"code": 402, "desc": DESCS[402]}, 402)
+        self._spent += total
+
+        multi = len(recipients) > 1
+        refs: dict[int, str] = {}  # position in `to` → ref; a number may appear twice
+        for i, r, segments, encoding in accepted:
+            ref = refs[i] = self._new_ref(multi)
+            self.sent.append(
+                {
+                    "to": r.to,
+                    "channel": r.channel,
+                    "from": sender or None,
+                    "text": text,
+                    "ref": ref,
+                    "encoding": encoding,
+                    "segments": segments,
+                    "charged": _money(r.rate * segments),
+                }
+            )
+            self._schedule_dns(ref, r)
+
+        fault = next((r.special for r in recipients if r.special in _FAULTS), None)
+        if fault == "0900":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.slow_s)
+        elif fault == "0901":
+            return self._reset_connection(request)
+        elif fault == "0902":
+            return web.Response(
+                status=200, text="<html><body>Bad Gateway</body></html>", content_type="text/html"
+            )
+
+        entries = []
+        for i, r in enumerate(recipients):
+            code = _REJECT_CODES.get(r.special or "", 200)
+            entry: dict[str, Any] = {"code": code, "desc": DESCS[code], "to": r.to}
+            if code == 200:
+                entry["ref"] = refs[i]
+                if detail and multi:
+                    entry["currency"] = self.config.currency
+                    entry["rate"] = r.rate_json
+            entries.append(entry)
+        body: dict[str, Any] = {"messages": entries} if multi else entries[0]
+        if detail:
+            body["currency"] = self.config.currency
+            body["balance"] = _money(balance_before)
+        return _json(body)
+
+    def _reset_connection(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: close() sends a TCP RST, the client sees a reset, not a clean EOF.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        # Nothing reaches the closed transport; aiohttp drops the response quietly.
+        return web.Response(status=204)
+
+    def _new_ref(self, multi: bool) -> str:
+        # A per-instance sequence guarantees uniqueness here; the random part keeps refs from
+        # two simulator runs (one test database) apart.
+        self._ref_seq += 1
+        n, seq = self._ref_seq, ""
+        while n or len(seq) < 5:
+            n, digit = divmod(n, 62)
+            seq = _ALNUM[digit] + seq
+        body = time.strftime("%y%m") + "".join(random.choices(_ALNUM, k=5)) + seq
+        if multi:
+            return f"E{body}-{''.join(random.choices(_ALNUM, k=10))}"
+        return f"E{body}"
+
+    # -- delivery notifications --------------------------------------------------------------
+
+    def _schedule_dns(self, ref: str, r: _Recipient) -> None:
+        url = self.config.dn_url
+        plan = _dn_plan(r.special)
+        if url is None or not plan:
+            return
+        dns = []
+        for status, error_code in plan:
+            how = "GET" if self._dn_seq % 2 == 0 else "POST"
+            self._dn_seq += 1
+            dns.append(_DN(ref, r.msisdn, status, error_code, how))
+        task = asyncio.get_running_loop().create_task(self._deliver_all(url, dns))
+        self._dn_tasks.add(task)
+        task.add_done_callback(self._dn_tasks.discard)
+
+    async def _deliver_all(self, url: str, dns: list[_DN]) -> None:
+        await asyncio.sleep(self.config.dn_delay_s)
+        for dn in dns:
+            await self._deliver(url, dn)
+
+    async def _deliver(self, url: str, dn: _DN) -> None:
+        fields = {"status": dn.status}
+        if dn.error_code is not None:
+            fields["error-code"] = dn.error_code
+        fields |= {"msisdn": dn.msisdn, "msgid": dn.ref}
+        attempts = max(1, self.config.dn_attempts)
+        for attempt in range(1, attempts + 1):
+            http_status: int | None = None
+            error = ""
+            try:
+                assert self._session is not None
+                if dn.how == "GET":
+                    request = self._session.get(url, params=fields)
+                else:
+                    request = self._session.post(url, data=fields)
+                async with request as resp:
+                    await resp.read()
+                    http_status = resp.status
+            except (ClientError, TimeoutError, OSError) as exc:
+                error = type(exc).__name__
+            self.dn_deliveries.append(
+                {
+                    "ref": dn.ref,
+                    "msisdn": dn.msisdn,
+                    "status": dn.status,
+                    "error_code": dn.error_code,
+                    "how": dn.how,
+                    "http_status": http_status,
+                    "attempt": attempt,
+                }
+            )
+            if http_status == 200:
+                return
+            # Never the URL: it carries the DN hook's secret token.
+            log.warning(
+                "simulator DN delivery failed", ref=dn.ref, http_status=http_status, error=error
+            )
+            if attempt < attempts:
+                await asyncio.sleep(self.config.dn_backoff_s * 2 ** (attempt - 1))
+        log.warning("simulator DN abandoned", ref=dn.ref, attempts=attempts)
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "token_requests": self.token_requests,
+            "mt_requests": self.mt_requests,
+            "balance": _money(self.balance),
+            "dn_deliveries": self.dn_deliveries,
+        }
+
+    async def _sent_view(self, _request: web.Request) -> web.Response:
+        return _json({"count": len(self.sent), "messages": self.sent})
+
+    async def _state_view(self, _request: web.Request) -> web.Response:
+        return _json(self.state())
+
+    async def _reset_view(self, _request: web.Request) -> web.Response:
+        self.reset()
+        return _json(self.state())
+
+    async def _expire_view(self, _request: web.Request) -> web.Response:
+        self.expire_tokens()
+        return _json({"expired": True})
+
+
+def run(host: str, port: int) -> None:
+    """Serve the simulator until interrupted (the `bulk360-relay simulator` command)."""
+    config = SimulatorConfig.from_env()
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    # Bound here so the printed address is the real one, even for --port 0.
+    sock = socket.create_server((host, port), family=family)
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    # The DN URL carries the hook's secret token: say only whether DNs are on.
+    dns = "DNs to SIMULATOR_DN_URL" if config.dn_url else "no DNs (SIMULATOR_DN_URL unset)"
+    print(f"Bulk360 simulator listening on http://{shown}:{bound_port}; {dns}", flush=True)
+    web.run_app(Simulator(config).app, sock=sock, print=None, access_log=None)
