@@ -1,0 +1,502 @@
+"""The one place that talks to Bulk360 (API v2.0): the OAuth2 token and the send endpoint.
+
+One long-lived aiohttp session per process (created in the lifespan), a connection limit and a
+semaphore of `BULK360_MAX_CONCURRENCY` over every upstream request of the process, explicit
+timeouts (`BULK360_TIMEOUT_S`). The token is cached until shortly before `expires_in` and
+refreshed under a lock, so any number of concurrent sends on a cold start make one token
+request. A 401 from the send endpoint triggers one refresh and one retry.
+
+Everything provider-specific stays here: the form fields, the 150-character `to` limit and the
+packing of recipients into as few requests as fit, both answer shapes (flat for one recipient,
+`messages` for several), `rate`/`balance` arriving as numbers or strings, the `whatsapp:`
+prefix. Callers speak in domain terms: `Destination` in, `Submission` (or an error) out.
+
+Exceptions (every failure of one upstream request is a `Bulk360Error`):
+
+    Bulk360Error                  base; `code`/`desc` are what to record on the rows
+    ├── NotSentError              the provider certainly did not act: nothing was charged
+    │   ├── CredentialsRejectedError  the token endpoint answered `invalid_client`
+    │   ├── TokenUnavailableError     the token endpoint failed otherwise (down, timeout)
+    │   ├── UnauthorizedError         the send endpoint answered 401 twice (fresh token)
+    │   ├── InsufficientCreditError   whole request refused: 402
+    │   ├── AccountProblemError       whole request refused: 403, 412 or 413
+    │   ├── RequestRefusedError       whole request refused otherwise (400, other 4xx)
+    │   └── UnreachableError          no connection could be made: nothing was written
+    └── AmbiguousError            the provider may have acted: never resend automatically
+        ├── UpstreamTimeoutError      no answer within BULK360_TIMEOUT_S once sent
+        └── UpstreamError             connection dropped after writing, 5xx, unreadable body
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+import structlog
+
+from app.bulk360.codes import submit_description
+from app.config import Settings
+from app.ops.metrics import TOKEN_REFRESHES, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+
+log = structlog.get_logger("app.bulk360.client")
+
+TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path
+SEND_PATH = "/api/bulk360/v2.0"
+MAX_TO_CHARS = 150  # the provider's limit on the `to` field
+WHATSAPP_PREFIX = "whatsapp:"
+
+Channel = Literal["sms", "whatsapp"]
+TokenState = Literal["none", "valid", "expired", "failing"]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class Bulk360Error(Exception):
+    """One upstream request failed as a whole; `code`/`desc` describe it for the rows."""
+
+    def __init__(self, desc: str, code: int | None = None) -> None:
+        super().__init__(desc)
+        self.desc = desc
+        self.code = code
+
+
+class NotSentError(Bulk360Error):
+    """The provider certainly did not act on the message(s)."""
+
+
+class CredentialsRejectedError(NotSentError):
+    pass
+
+
+class TokenUnavailableError(NotSentError):
+    pass
+
+
+class UnauthorizedError(NotSentError):
+    pass
+
+
+class InsufficientCreditError(NotSentError):
+    pass
+
+
+class AccountProblemError(NotSentError):
+    pass
+
+
+class RequestRefusedError(NotSentError):
+    pass
+
+
+class UnreachableError(NotSentError):
+    pass
+
+
+class AmbiguousError(Bulk360Error):
+    """The provider may have acted: the messages stay `unknown`, never resent by us."""
+
+
+class UpstreamTimeoutError(AmbiguousError):
+    pass
+
+
+class UpstreamError(AmbiguousError):
+    pass
+
+
+# -- domain types -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    msisdn: str  # E.164 digits, no '+'
+    channel: Channel
+
+    @property
+    def provider_to(self) -> str:
+        return WHATSAPP_PREFIX + self.msisdn if self.channel == "whatsapp" else self.msisdn
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """The provider's answer for one recipient."""
+
+    code: int
+    desc: str
+    ref: str | None
+    rate: str | None  # decimal text
+    currency: str | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.code == 200 and bool(self.ref)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """One upstream request: which destinations it carried and what became of them.
+
+    `submissions[i]` answers `indices[i]`; a `None` entry means the answer did not mention
+    that recipient (treated as ambiguous). When `error` is set, `submissions` is empty.
+    """
+
+    indices: list[int]
+    submissions: list[Submission | None]
+    balance: str | None = None
+    currency: str | None = None
+    error: Bulk360Error | None = None
+
+
+def pack_destinations(destinations: Sequence[Destination]) -> list[list[int]]:
+    """Indices of `destinations` grouped so each group's `to` fits the 150-character limit.
+
+    First fit, in request order: fewest requests for entries of (nearly) equal length, and
+    each group keeps the request order of its members.
+    """
+    groups: list[list[int]] = []
+    lengths: list[int] = []
+    for i, dest in enumerate(destinations):
+        size = len(dest.provider_to)
+        for g, used in enumerate(lengths):
+            if used + 1 + size <= MAX_TO_CHARS:
+                groups[g].append(i)
+                lengths[g] = used + 1 + size
+                break
+        else:
+            groups.append([i])
+            lengths.append(size)
+    return groups
+
+
+def decimal_text(value: object) -> str | None:
+    """A provider number (float, int or string) as decimal text; None if it is not one."""
+    if value is None or isinstance(value, bool):
+        return None
+    if not isinstance(value, str | int | float):
+        return None
+    try:
+        # str() first: Decimal(0.11) would carry the float's binary noise.
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return str(number) if number.is_finite() else None
+
+
+# -- transport ------------------------------------------------------------------------------------
+
+
+class _TransportError(Exception):
+    """Raised by `_post`: what went wrong at the HTTP level, before any parsing."""
+
+    def __init__(self, kind: Literal["not_written", "timeout", "dropped"], reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    refresh_at: float  # monotonic
+    expires_at: float  # monotonic
+
+
+class Bulk360Client:
+    """The upstream client. `start()` in the lifespan, `close()` on shutdown."""
+
+    def __init__(self, settings: Settings, *, base_url: str) -> None:
+        self.settings = settings
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = settings.bulk360_timeout_s
+        self.max_concurrency = settings.bulk360_max_concurrency
+        self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        self._token_lock = asyncio.Lock()
+        self._token: _Token | None = None
+        self._token_failing = False
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- lifecycle (the HTTP layer: a bench subclass may swap it) -------------------------------
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def _post(
+        self, path: str, form: Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, bytes]:
+        """POST a form; return (status, body) or raise `_TransportError`."""
+        if self._session is None:
+            raise RuntimeError("Bulk360Client.start() was not called")
+        try:
+            async with self._session.post(self.base_url + path, data=form, headers=headers) as resp:
+                return resp.status, await resp.read()
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Timed out before a connection existed: nothing was written.
+            raise _TransportError("not_written", "connect timeout") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise _TransportError("not_written", "cannot connect") from exc
+        except TimeoutError as exc:
+            raise _TransportError("timeout", "no answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise _TransportError("dropped", type(exc).__name__) from exc
+
+    # -- token ------------------------------------------------------------------------------------
+
+    @property
+    def token_state(self) -> TokenState:
+        if self._token_failing:
+            return "failing"
+        if self._token is None:
+            return "none"
+        return "valid" if time.monotonic() < self._token.expires_at else "expired"
+
+    def _fresh(self, token: _Token | None, stale: str | None) -> bool:
+        return token is not None and token.value != stale and time.monotonic() < token.refresh_at
+
+    async def _access_token(self, stale: str | None = None) -> str:
+        """The cached token, or a new one; `stale` is a token the send endpoint refused."""
+        token = self._token
+        if self._fresh(token, stale):
+            assert token is not None
+            return token.value
+        async with self._token_lock:
+            # Whoever held the lock before us may have refreshed it already.
+            token = self._token
+            if self._fresh(token, stale):
+                assert token is not None
+                return token.value
+            self._token = await self._fetch_token()
+            return self._token.value
+
+    async def _fetch_token(self) -> _Token:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.settings.effective_app_key,
+            "client_secret": self.settings.effective_app_secret,
+        }
+        started = time.perf_counter()
+        result = "error"
+        try:
+            try:
+                async with self._semaphore:
+                    status, raw = await self._post(TOKEN_PATH, form, {"Accept": "application/json"})
+            except _TransportError as exc:
+                result = exc.kind
+                raise TokenUnavailableError(f"Bulk360 token request failed: {exc.reason}") from None
+            result = str(status)
+            body = _json_object(raw)
+            if body is not None and body.get("error") == "invalid_client":
+                result = "invalid_client"
+                raise CredentialsRejectedError(
+                    "Bulk360 rejected the client credentials (invalid_client): check "
+                    "BULK360_APP_KEY and BULK360_APP_SECRET",
+                    401,
+                )
+            access = body.get("access_token") if body is not None else None
+            if status != 200 or not isinstance(access, str) or not access:
+                raise TokenUnavailableError(f"Bulk360 token request failed: HTTP {status}")
+            expires_in = body.get("expires_in") if body is not None else None
+            ttl = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+            now = time.monotonic()
+            # Refresh a little early so a token never expires between check and use.
+            margin = min(60.0, ttl / 10)
+            self._token_failing = False
+            result = "ok"
+            return _Token(access, refresh_at=now + ttl - margin, expires_at=now + ttl)
+        except Bulk360Error:
+            self._token_failing = True
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            TOKEN_REFRESHES.labels(result).inc()
+            self._observe("token", result, duration, recipients=0)
+
+    # -- send -------------------------------------------------------------------------------------
+
+    async def send(
+        self, destinations: Sequence[Destination], *, text: str, sender: str | None
+    ) -> list[BatchResult]:
+        """Send one text to every destination, in as few upstream requests as fit, concurrently.
+
+        Never raises for an upstream failure: each batch carries its submissions or its error.
+        """
+        groups = pack_destinations(destinations)
+        return list(
+            await asyncio.gather(
+                *(self._send_batch(destinations, g, text=text, sender=sender) for g in groups)
+            )
+        )
+
+    async def _send_batch(
+        self,
+        destinations: Sequence[Destination],
+        indices: list[int],
+        *,
+        text: str,
+        sender: str | None,
+    ) -> BatchResult:
+        batch = [destinations[i] for i in indices]
+        form = {"to": ",".join(d.provider_to for d in batch), "text": text, "detail": "1"}
+        if sender:
+            form["from"] = sender
+        try:
+            token = await self._access_token()
+            status, raw = await self._post_send(form, token, len(batch))
+            if status == 401:
+                # Expired or revoked early: one fresh token, one retry.
+                token = await self._access_token(stale=token)
+                status, raw = await self._post_send(form, token, len(batch))
+                if status == 401:
+                    raise UnauthorizedError(
+                        "Bulk360 refused a freshly issued token (401): check the account's "
+                        "API access",
+                        401,
+                    )
+            return _parse_send_answer(status, raw, indices, batch)
+        except Bulk360Error as exc:
+            return BatchResult(indices, [], error=exc)
+
+    async def _post_send(self, form: dict[str, str], token: str, count: int) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        started = time.perf_counter()
+        result = "error"
+        try:
+            async with self._semaphore:
+                started = time.perf_counter()
+                status, raw = await self._post(SEND_PATH, form, headers)
+            result = str(status)
+            return status, raw
+        except _TransportError as exc:
+            result = exc.kind
+            if exc.kind == "not_written":
+                raise UnreachableError(
+                    f"Bulk360 unreachable ({exc.reason}); nothing was sent"
+                ) from None
+            if exc.kind == "timeout":
+                raise UpstreamTimeoutError(
+                    f"no answer from Bulk360 within {self.timeout_s:g}s; it may have sent"
+                ) from None
+            raise UpstreamError(
+                f"connection to Bulk360 lost after sending ({exc.reason}); it may have sent"
+            ) from None
+        finally:
+            self._observe("send", result, time.perf_counter() - started, recipients=count)
+
+    def _observe(self, endpoint: str, result: str, duration: float, *, recipients: int) -> None:
+        UPSTREAM_REQUESTS.labels(endpoint, result).inc()
+        UPSTREAM_LATENCY.labels(endpoint).observe(duration)
+        log.info(
+            "bulk360 request",
+            endpoint=endpoint,
+            result=result,
+            duration_ms=round(duration * 1000, 2),
+            recipients=recipients,
+        )
+
+
+# -- answer parsing -------------------------------------------------------------------------------
+
+_ACCOUNT_CODES = frozenset({403, 412, 413})
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _int_code(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _whole_request_error(code: int, desc: str) -> Bulk360Error:
+    if code == 402:
+        return InsufficientCreditError(desc, code)
+    if code in _ACCOUNT_CODES:
+        return AccountProblemError(f"Bulk360 account problem ({code}): {desc}", code)
+    if code == 401:
+        return UnauthorizedError(desc, code)
+    if 400 <= code < 500:
+        return RequestRefusedError(f"Bulk360 refused the request ({code}): {desc}", code)
+    return UpstreamError(f"Bulk360 answered {code}: {desc}; it may have sent", code)
+
+
+def _parse_send_answer(
+    status: int, raw: bytes, indices: list[int], batch: list[Destination]
+) -> BatchResult:
+    body = _json_object(raw)
+    if status >= 500:
+        raise UpstreamError(f"Bulk360 answered HTTP {status}; it may have sent", status)
+    if body is None:
+        raise UpstreamError(f"unreadable answer from Bulk360 (HTTP {status}); it may have sent")
+    entries: list[Any]
+    if isinstance(body.get("messages"), list):
+        entries = body["messages"]
+    elif "to" in body and status == 200:
+        entries = [body]  # the flat shape of a single recipient
+    else:
+        # A whole-request answer: {"code": 402, "desc": "..."}, under whatever HTTP status.
+        code = _int_code(body.get("code")) or status
+        desc = body.get("desc")
+        desc = desc if isinstance(desc, str) and desc else submit_description(code)
+        if code == 200:
+            raise UpstreamError("Bulk360 answered OK without per-recipient results")
+        raise _whole_request_error(code, desc)
+    if status != 200:
+        raise UpstreamError(f"Bulk360 answered HTTP {status} with results; it may have sent")
+
+    balance = decimal_text(body.get("balance"))
+    currency = body.get("currency") if isinstance(body.get("currency"), str) else None
+    by_to: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("to"), str):
+            by_to.setdefault(entry["to"].strip().lower(), entry)
+    submissions: list[Submission | None] = []
+    for position, dest in enumerate(batch):
+        entry = by_to.get(dest.provider_to)
+        if entry is None and len(entries) == len(batch) and isinstance(entries[position], dict):
+            entry = entries[position]  # the provider rewrote `to`: fall back to order
+        submissions.append(_submission(entry, currency) if entry is not None else None)
+    return BatchResult(indices, submissions, balance=balance, currency=currency)
+
+
+def _submission(entry: Mapping[str, Any], currency: str | None) -> Submission | None:
+    code = _int_code(entry.get("code"))
+    ref = entry.get("ref")
+    ref = str(ref) if isinstance(ref, str | int) and str(ref) else None
+    if code is None or (code == 200 and ref is None):
+        return None  # no usable answer for this recipient: ambiguous
+    desc = entry.get("desc")
+    rate = decimal_text(entry.get("rate"))
+    entry_currency = entry.get("currency")
+    return Submission(
+        code=code,
+        desc=desc if isinstance(desc, str) and desc else submit_description(code),
+        ref=ref if code == 200 else None,
+        rate=rate,
+        currency=entry_currency if isinstance(entry_currency, str) else currency if rate else None,
+    )

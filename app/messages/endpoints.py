@@ -1,0 +1,104 @@
+"""`POST /v1/messages` (send). The lookup routes register on the same `router` (lookup.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+
+from app.deps import ApiKeyDep, SessionDep, StateDep
+from app.errors import AppError, error_responses
+from app.messages.recipients import RecipientError, normalise_recipients
+from app.messages.schemas import SendErrorResponse, SendRequest, SendResponse
+from app.messages.service import send_service
+
+router = APIRouter(tags=["messages"])
+
+_SEND_ERRORS: dict[int | str, dict[str, Any]] = {
+    **error_responses(401, 409, 413, 422, 503),
+    402: {
+        "model": SendErrorResponse,
+        "description": "Insufficient credit (`insufficient_credit`): nothing was sent.",
+    },
+    502: {
+        "model": SendErrorResponse,
+        "description": (
+            "The provider failed. `upstream_error` (dropped connection, 5xx, unreadable "
+            "answer: entries stay `unknown`, the provider may have sent them) or a refusal "
+            "that sent nothing: `upstream_account_problem` (403/412/413), "
+            "`upstream_credentials_rejected` (BULK360_APP_KEY/SECRET), `upstream_unauthorized`, "
+            "`upstream_refused`, `upstream_unavailable`. Never resent automatically."
+        ),
+    },
+    504: {
+        "model": SendErrorResponse,
+        "description": "`upstream_timeout`: no answer in time; entries stay `unknown`.",
+    },
+}
+_SEND_DESCRIPTION = """\
+Send one text to one or more recipients (SMS, or WhatsApp with the `whatsapp:` prefix).
+
+The recipients are recorded (status `unknown`) before the provider is called, then updated from
+its answer. `201` when every recipient got an answer (`pending` with a `ref`, or `rejected`
+with the provider's `code`/`desc`). On 402/502/504 the body carries `error`/`detail` **and**
+the recorded `messages`; entries left `unknown` may have been sent: look them up, don't resend.
+
+`Idempotency-Key` (optional, up to 255 characters, per API key, remembered for
+`IDEMPOTENCY_TTL_H`): the same key with the same request answers the stored response again
+(header `Idempotent-Replayed: true`) without sending; with a different request 422
+`idempotency_key_reused`; while the first is still in progress 409 `idempotency_key_in_flight`.
+"""
+
+
+@router.post(
+    "/v1/messages",
+    status_code=201,
+    response_model=SendResponse,
+    responses=_SEND_ERRORS,
+    summary="Send SMS/WhatsApp",
+    description=_SEND_DESCRIPTION,
+)
+async def send_messages(
+    body: SendRequest,
+    state: StateDep,
+    session: SessionDep,
+    api_key_name: ApiKeyDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Makes a retry safe: the same key and body are sent at most once.",
+        ),
+    ] = None,
+) -> Response:
+    settings = state.settings
+    try:
+        destinations = normalise_recipients(
+            body.to, region=settings.default_region, limit=settings.max_recipients
+        )
+    except RecipientError as exc:
+        raise AppError(422, "validation_error", str(exc)) from None
+    answer = await send_service.send(
+        session,
+        client=state.bulk360,
+        request=body,
+        destinations=destinations,
+        api_key_name=api_key_name,
+        idempotency_key=idempotency_key,
+        idempotency_ttl_h=settings.idempotency_ttl_h,
+        sandbox=settings.sandbox,
+    )
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        headers=answer.headers,
+        media_type="application/json",
+    )
+
+
+# The lookup routes live in their own module and register on `router`.
+with contextlib.suppress(ImportError):
+    from app.messages import lookup as _lookup  # noqa: F401  (registers the lookup routes)

@@ -1,0 +1,406 @@
+"""Sending: record first, then ask the provider, then record its answer.
+
+The order is the money-safety guarantee (CONTRACT §4.1):
+
+1. One transaction inserts a row per recipient (status `unknown`, no ref), together with the
+   Idempotency-Key claim, and COMMITS before any byte goes upstream. A crash after the
+   provider accepted leaves visible `unknown` rows, never a silent gap. If the database is
+   unreachable here the answer is 503 and nothing is sent.
+2. The upstream requests (as few as the 150-character `to` allows, concurrently, bounded).
+3. One transaction fills in refs and statuses: `lock_refs` first (a DN writer may be recording
+   a DN for one of these refs), the updates, `attach_dns` (a DN may have beaten the answer),
+   the stored Idempotency-Key response, then COMMIT, then the answer. If this transaction
+   fails the rows stay `unknown` and the refs are logged at WARNING for reconciliation.
+
+The relay never resends on its own: when the provider may have acted (timeout, dropped
+connection, 5xx, unreadable answer) the rows stay `unknown` and the caller gets 502/504.
+
+With several upstream requests the answer is 201 only when every recipient got a definite
+answer (accepted or rejected). Otherwise the HTTP status is that of the worst failure
+(ambiguous 504/502 first, then 402, then the account/credential 502s) and the error body still
+lists every entry with its own status, so any accepted parts and their refs are not lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, cast
+
+import orjson
+import structlog
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bulk360.client import (
+    AccountProblemError,
+    AmbiguousError,
+    BatchResult,
+    Bulk360Client,
+    Bulk360Error,
+    CredentialsRejectedError,
+    Destination,
+    InsufficientCreditError,
+    RequestRefusedError,
+    UnauthorizedError,
+    UpstreamTimeoutError,
+)
+from app.bulk360.segments import count_segments, provider_prefix
+from app.db import utcnow
+from app.errors import AppError, is_database_unavailable
+from app.messages.idempotency import (
+    REPLAY_HEADER,
+    Claimed,
+    IdempotencyStore,
+    InFlight,
+    Mismatch,
+    Replay,
+    request_hash,
+)
+from app.messages.schemas import SendRequest
+from app.models import Message
+from app.notifications.service import attach_dns, lock_refs
+from app.ops.metrics import SENDS
+
+log = structlog.get_logger("app.messages")
+
+_messages = cast(Table, Message.__table__)
+_DESC_MAX = 255
+
+
+@dataclass(slots=True)
+class SendAnswer:
+    """What the endpoint answers: status, JSON body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Entry:
+    dest: Destination
+    encoding: str | None
+    segments: int | None
+    id: int = 0
+    status: str = "unknown"
+    ref: str | None = None
+    code: int | None = None
+    desc: str | None = None
+    rate: str | None = None
+    currency: str | None = None
+    answered: bool = False
+    outcome: str = "unknown"
+
+
+# Order decides which failure names the whole answer when upstream requests fail differently.
+_FAILURES: tuple[tuple[type[Bulk360Error], int, str], ...] = (
+    (UpstreamTimeoutError, 504, "upstream_timeout"),
+    (AmbiguousError, 502, "upstream_error"),
+    (InsufficientCreditError, 402, "insufficient_credit"),
+    (AccountProblemError, 502, "upstream_account_problem"),
+    (CredentialsRejectedError, 502, "upstream_credentials_rejected"),
+    (UnauthorizedError, 502, "upstream_unauthorized"),
+    (RequestRefusedError, 502, "upstream_refused"),
+    (Bulk360Error, 502, "upstream_unavailable"),
+)
+
+
+class SendService:
+    def __init__(self) -> None:
+        self.idempotency = IdempotencyStore()
+
+    async def send(
+        self,
+        session: AsyncSession,
+        *,
+        client: Bulk360Client,
+        request: SendRequest,
+        destinations: list[Destination],
+        api_key_name: str,
+        idempotency_key: str | None,
+        idempotency_ttl_h: float,
+        sandbox: bool,
+    ) -> SendAnswer:
+        entries = _prepare(request.text, destinations)
+        send_id = str(uuid.uuid4())
+
+        # 1. Claim the key and record the rows, committed before anything goes upstream.
+        try:
+            if idempotency_key is not None:
+                body_hash = request_hash(_canonical(request, destinations))
+                claim = await self.idempotency.claim(
+                    session,
+                    api_key_name=api_key_name,
+                    key=idempotency_key,
+                    body_hash=body_hash,
+                    ttl_h=idempotency_ttl_h,
+                )
+                if not isinstance(claim, Claimed):
+                    await session.commit()  # keeps any purge of expired keys
+                    return _claim_answer(claim)
+            await _insert_rows(session, entries, request, api_key_name, send_id)
+            await session.commit()
+        except Exception as exc:
+            await session.rollback()
+            if is_database_unavailable(exc):
+                log.warning("send refused: database unavailable", error=type(exc).__name__)
+                raise AppError(
+                    503, "database_unavailable", "the database is unreachable; nothing was sent"
+                ) from None
+            raise
+
+        # 2. The provider.
+        batches = await client.send(destinations, text=request.text, sender=request.sender)
+        failure = _apply(entries, batches)
+        balance, currency = _balance(batches)
+        status, body = _answer(
+            entries,
+            failure=failure,
+            balance=balance,
+            currency=currency,
+            detail=request.detail,
+            sandbox=sandbox,
+        )
+
+        # 3. Record the answer: one transaction, then respond.
+        try:
+            await _record_answer(session, entries)
+            if idempotency_key is not None:
+                await self.idempotency.store_response(
+                    session,
+                    api_key_name=api_key_name,
+                    key=idempotency_key,
+                    status=status,
+                    body=body,
+                )
+            await session.commit()
+        except Exception as exc:
+            await session.rollback()
+            # The provider has acted: answer what it said; the rows stay `unknown`.
+            log.warning(
+                "send answer not recorded: rows stay unknown; reconcile these refs",
+                send_id=send_id,
+                refs={e.id: e.ref for e in entries if e.ref},
+                error=type(exc).__name__,
+                exc_info=not is_database_unavailable(exc),
+            )
+        for e in entries:
+            SENDS.labels(e.outcome).inc()
+        log.info(
+            "send",
+            send_id=send_id,
+            status=status,
+            recipients=len(entries),
+            upstream_requests=len(batches),
+            pending=sum(e.status == "pending" for e in entries),
+            rejected=sum(e.status == "rejected" for e in entries),
+            unknown=sum(e.status == "unknown" for e in entries),
+        )
+        return SendAnswer(status, body)
+
+
+send_service = SendService()
+
+
+def _prepare(text: str, destinations: list[Destination]) -> list[_Entry]:
+    # Segments depend only on the provider's prefix: count once per distinct prefix.
+    by_prefix: dict[str, tuple[str, int]] = {}
+    entries = []
+    for dest in destinations:
+        if dest.channel == "whatsapp":
+            entries.append(_Entry(dest, None, None))
+            continue
+        prefix = provider_prefix(dest.msisdn, dest.channel)
+        if prefix not in by_prefix:
+            by_prefix[prefix] = count_segments(text, prefix=prefix)
+        encoding, segments = by_prefix[prefix]
+        entries.append(_Entry(dest, encoding, segments))
+    return entries
+
+
+def _canonical(request: SendRequest, destinations: list[Destination]) -> dict[str, Any]:
+    return {
+        "to": [d.provider_to for d in destinations],
+        "text": request.text,
+        "from": request.sender,
+        "client_ref": request.client_ref,
+        "detail": request.detail,
+    }
+
+
+def _claim_answer(claim: Replay | InFlight | Mismatch) -> SendAnswer:
+    if isinstance(claim, Replay):
+        return SendAnswer(claim.status, claim.body, {REPLAY_HEADER: "true"})
+    if isinstance(claim, Mismatch):
+        raise AppError(
+            422,
+            "idempotency_key_reused",
+            "Idempotency-Key: already used with a different request body",
+        )
+    raise AppError(
+        409,
+        "idempotency_key_in_flight",
+        "Idempotency-Key: a request with this key is still in progress (or did not finish; "
+        f"started {claim.since.isoformat()}); look its messages up instead of resending",
+    )
+
+
+async def _insert_rows(
+    session: AsyncSession,
+    entries: list[_Entry],
+    request: SendRequest,
+    api_key_name: str,
+    send_id: str,
+) -> None:
+    now = utcnow()
+    rows = [
+        {
+            "send_id": send_id,
+            "api_key_name": api_key_name,
+            "client_ref": request.client_ref,
+            "channel": e.dest.channel,
+            "msisdn": e.dest.msisdn,
+            "sender": request.sender,
+            "encoding": e.encoding,
+            "segments": e.segments,
+            "status": "unknown",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for e in entries
+    ]
+    result = await session.execute(
+        insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True), rows
+    )
+    for e, message_id in zip(entries, result.scalars(), strict=True):
+        e.id = message_id
+
+
+def _apply(entries: list[_Entry], batches: list[BatchResult]) -> Bulk360Error | None:
+    """Fill the entries from the provider's answers; return the failure naming the answer."""
+    failures: list[Bulk360Error] = []
+    for batch in batches:
+        if batch.error is not None:
+            failures.append(batch.error)
+            for i in batch.indices:
+                e = entries[i]
+                e.desc = batch.error.desc
+                if isinstance(batch.error, AmbiguousError):
+                    continue  # stays unknown: the provider may have sent it
+                e.status, e.code, e.answered = "rejected", batch.error.code, True
+                e.outcome = (
+                    "insufficient_credit"
+                    if isinstance(batch.error, InsufficientCreditError)
+                    else "rejected"
+                )
+            continue
+        for i, sub in zip(batch.indices, batch.submissions, strict=True):
+            e = entries[i]
+            if sub is None:
+                e.desc = "Bulk360's answer did not mention this recipient; it may have sent"
+                failures.append(AmbiguousError(e.desc))
+                continue
+            e.answered, e.code, e.desc = True, sub.code, sub.desc
+            e.rate, e.currency = sub.rate, sub.currency
+            if sub.accepted:
+                e.status, e.ref, e.outcome = "pending", sub.ref, "pending"
+            else:
+                e.status, e.outcome = "rejected", "rejected"
+    if not failures:
+        return None
+    for kind, _, _ in _FAILURES:
+        for failure in failures:
+            if isinstance(failure, kind):
+                return failure
+    return failures[0]
+
+
+def _balance(batches: list[BatchResult]) -> tuple[str | None, str | None]:
+    # Concurrent requests each report the balance before themselves: the lowest is the latest.
+    reported = [b for b in batches if b.balance is not None]
+    currency = next((b.currency for b in batches if b.currency), None)
+    if not reported:
+        return None, currency
+    return min(reported, key=lambda b: Decimal(str(b.balance))).balance, currency
+
+
+def _answer(
+    entries: list[_Entry],
+    *,
+    failure: Bulk360Error | None,
+    balance: str | None,
+    currency: str | None,
+    detail: bool,
+    sandbox: bool,
+) -> tuple[int, bytes]:
+    messages = [
+        {
+            "id": e.id,
+            "to": e.dest.provider_to,
+            "channel": e.dest.channel,
+            "ref": e.ref,
+            "status": e.status,
+            "code": e.code,
+            "desc": e.desc,
+            "rate": e.rate if detail else None,
+            "currency": e.currency if detail else None,
+            "encoding": e.encoding,
+            "segments": e.segments,
+        }
+        for e in entries
+    ]
+    body: dict[str, Any] = {}
+    status = 201
+    if failure is not None:
+        status, code = next((s, c) for kind, s, c in _FAILURES if isinstance(failure, kind))
+        body = {"error": code, "detail": failure.desc}
+    body |= {
+        "messages": messages,
+        "balance": balance if detail else None,
+        "currency": currency if detail else None,
+        "sandbox": sandbox,
+    }
+    return status, orjson.dumps(body)
+
+
+_UPDATE = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        ref=bindparam("b_ref"),
+        submit_code=bindparam("b_code"),
+        submit_desc=bindparam("b_desc"),
+        rate=bindparam("b_rate"),
+        currency=bindparam("b_currency"),
+        submitted_at=bindparam("b_submitted_at"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+async def _record_answer(session: AsyncSession, entries: list[_Entry]) -> None:
+    refs = {e.id: e.ref for e in entries if e.ref}
+    await lock_refs(session, sorted(refs.values()))
+    now = utcnow()
+    await session.execute(
+        _UPDATE,
+        [
+            {
+                "b_id": e.id,
+                "b_status": e.status,
+                "b_ref": e.ref,
+                "b_code": e.code,
+                "b_desc": e.desc[:_DESC_MAX] if e.desc else None,
+                "b_rate": e.rate,
+                "b_currency": e.currency,
+                "b_submitted_at": now if e.answered else None,
+                "b_updated_at": now,
+            }
+            for e in entries
+        ],
+    )
+    # A DN for one of these refs may have been stored before we knew the ref.
+    await attach_dns(session, refs)
