@@ -6,9 +6,11 @@ Every database test runs on SQLite and, when TEST_DATABASE_URL is set, on Postgr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +85,17 @@ async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
-async def db_url(request: pytest.FixtureRequest) -> str:
+def db_url(request: pytest.FixtureRequest) -> str:
     """A migrated database with empty tables, on each backend."""
+    # Sync on purpose: pytest-asyncio cannot set up an async fixture through getfixturevalue
+    # from inside another async fixture ("Runner.run() cannot be called from a running loop").
     url: str = request.getfixturevalue(f"{request.param}_url")
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _empty_tables(url)).result()
+    return url
+
+
+async def _empty_tables(url: str) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
@@ -96,7 +106,6 @@ async def db_url(request: pytest.FixtureRequest) -> str:
                     await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
     finally:
         await engine.dispose()
-    return url
 
 
 @pytest.fixture

@@ -1,0 +1,210 @@
+"""Lookup: what became of a message, by ref or id, or a filtered list (CONTRACT §4.2).
+
+Lookups are global, not scoped to the caller's API key: operators answer "did customer X get
+the OTP?" whichever service sent it; `api_key_name` on each message says which one did.
+
+Registered on the messages router: `app.messages.endpoints` imports this module at its end,
+once `router` exists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Path, Query
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bulk360.client import WHATSAPP_PREFIX
+from app.deps import ApiKeyDep, SessionDep, StateDep
+from app.errors import AppError, error_responses
+from app.messages.endpoints import router
+from app.messages.lookup_schemas import (
+    Channel,
+    DeliveryNotificationOut,
+    MessageDetail,
+    MessagePage,
+    MessageStatus,
+)
+from app.messages.recipients import RecipientError, parse_recipient
+from app.models import DeliveryNotification, Message
+from app.pagination import before, decode_cursor, encode_cursor
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+def _message_out(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "to": m.msisdn,
+        "channel": m.channel,
+        "from": m.sender,
+        "client_ref": m.client_ref,
+        "api_key_name": m.api_key_name,
+        "status": m.status,
+        "code": m.submit_code,
+        "desc": m.submit_desc,
+        "delivery_status": m.delivery_status,
+        "error_code": m.error_code,
+        "error_description": m.error_description,
+        "rate": m.rate,
+        "currency": m.currency,
+        "encoding": m.encoding,
+        "segments": m.segments,
+        "ref": m.ref,
+        "submitted_at": m.submitted_at,
+        "final_at": m.final_at,
+        "dn_count": m.dn_count,
+        "created_at": m.created_at,
+    }
+
+
+async def _find(session: AsyncSession, ref: str) -> Message | None:
+    found = await session.scalar(select(Message).where(Message.ref == ref))
+    # A provider ref wins over an id: refs are what callers hold; ids are a fallback.
+    if found is None and ref.isascii() and ref.isdigit() and len(ref) <= 18:
+        found = await session.get(Message, int(ref))
+    return found
+
+
+@router.get(
+    "/v1/messages/{ref}",
+    response_model=MessageDetail,
+    responses=error_responses(401, 404, 503),
+)
+async def get_message(
+    *,
+    ref: Annotated[
+        str,
+        Path(
+            description="The provider's ref; if no message has it and it is all digits, the "
+            "message id",
+            examples=["BULK360-8f2c1e"],
+            max_length=128,
+        ),
+    ],
+    session: SessionDep,
+    _caller: ApiKeyDep,
+) -> dict[str, Any]:
+    """One message by ref (or id), with every DN received for it in order of receipt."""
+    message = await _find(session, ref)
+    if message is None:
+        raise AppError(404, "not_found", f"no message with ref or id {ref!r}")
+    dns = await session.scalars(
+        select(DeliveryNotification)
+        .where(DeliveryNotification.message_id == message.id)
+        .order_by(DeliveryNotification.id)
+    )
+    return {
+        **_message_out(message),
+        "notifications": [
+            DeliveryNotificationOut(
+                seq=dn.id,
+                status=dn.status,
+                error_code=dn.error_code,
+                error_description=dn.error_description,
+                msisdn=dn.msisdn,
+                received_at=dn.received_at,
+            )
+            for dn in dns
+        ],
+    }
+
+
+def normalise_to(value: str, region: str) -> tuple[str, Channel | None]:
+    """A `to` filter read like a send's recipient: (E.164 digits, channel if prefixed)."""
+    prefixed = value.strip()[: len(WHATSAPP_PREFIX)].lower() == WHATSAPP_PREFIX
+    try:
+        # Parsed as WhatsApp unless prefixed: the SMS rules refuse fixed lines, but a lookup
+        # without a prefix must still find a WhatsApp message sent to one.
+        dest = parse_recipient(value.strip() if prefixed else WHATSAPP_PREFIX + value, region)
+    except RecipientError:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise AppError(
+            422, "validation_error", f"to: not a valid phone number (got {shown!r})"
+        ) from None
+    return dest.msisdn, ("whatsapp" if prefixed else None)
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    # A naive time is refused rather than guessed: UTC and Malaysian time are 8 hours apart.
+    if value is not None and value.tzinfo is None:
+        raise AppError(
+            422,
+            "validation_error",
+            f"{name}: needs a UTC offset, e.g. 2026-11-24T20:15:00Z (got {value.isoformat()!r})",
+        )
+    return value
+
+
+@router.get(
+    "/v1/messages",
+    response_model=MessagePage,
+    responses=error_responses(400, 401, 503),
+)
+async def list_messages(
+    *,
+    state: StateDep,
+    session: SessionDep,
+    _caller: ApiKeyDep,
+    to: Annotated[
+        str | None,
+        Query(
+            description="Recipient, read like a send's `to` (`+60 12-324 0066`, `0123240066`, "
+            "`whatsapp:60123240066` also restricts to WhatsApp)",
+            max_length=64,
+            examples=["60123240066"],
+        ),
+    ] = None,
+    status: Annotated[MessageStatus | None, Query(description="Message status")] = None,
+    client_ref: Annotated[str | None, Query(max_length=64, examples=["otp-7781"])] = None,
+    channel: Annotated[Channel | None, Query()] = None,
+    since: Annotated[
+        datetime | None,
+        Query(
+            description="Created at or after (ISO 8601 with offset)",
+            examples=["2026-11-24T00:00:00Z"],
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(
+            description="Created before (ISO 8601 with offset)", examples=["2026-11-25T00:00:00Z"]
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Query(description="`next_cursor` of the previous page", max_length=128)
+    ] = None,
+) -> dict[str, Any]:
+    """Messages matching every filter given, newest first, a page at a time."""
+    query: Select[tuple[Message]] = select(Message)
+    if to is not None:
+        msisdn, prefixed = normalise_to(to, state.settings.default_region)
+        query = query.where(Message.msisdn == msisdn)
+        if prefixed is not None:
+            if channel is not None and channel != prefixed:
+                raise AppError(
+                    422, "validation_error", f"channel: {channel!r} contradicts to={to!r}"
+                )
+            channel = prefixed
+    if status is not None:
+        query = query.where(Message.status == status)
+    if client_ref is not None:
+        query = query.where(Message.client_ref == client_ref)
+    if channel is not None:
+        query = query.where(Message.channel == channel)
+    if (start := _aware("since", since)) is not None:
+        query = query.where(Message.created_at >= start)
+    if (end := _aware("until", until)) is not None:
+        query = query.where(Message.created_at < end)
+    if cursor is not None:
+        query = query.where(before(Message.created_at, Message.id, decode_cursor(cursor)))
+    # One row more than asked tells whether there is a next page without a COUNT.
+    query = query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
+    rows = list(await session.scalars(query))
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return {"items": [_message_out(m) for m in page], "next_cursor": next_cursor}
