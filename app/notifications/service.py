@@ -15,14 +15,14 @@ rows and attaches them. SQLite needs no lock: it has one writer at a time (BEGIN
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 # The message's status follows its last DN; an unrecognised raw status is not final, so a
 # delivered/undelivered message goes back to pending, anything else keeps its status.
-_REFRESH_SQL = """
-UPDATE messages SET
+_SET_FROM_LAST_DN = """
     last_dn_seq = d.id,
     dn_count = (SELECT count(*) FROM delivery_notifications c WHERE c.message_id = messages.id),
     delivery_status = d.status,
@@ -37,15 +37,47 @@ UPDATE messages SET
     final_at = CASE WHEN upper(d.status) IN ('DELIVERED', 'UNDELIVERED')
                     THEN d.received_at ELSE NULL END,
     updated_at = CURRENT_TIMESTAMP
-FROM (
+"""
+# Never move a message back to an older DN, whatever the commit order.
+_ONLY_FORWARD = "(messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)"
+
+# Fixed SQL text only (no caller input is concatenated).
+_REFRESH_SQL = (
+    "UPDATE messages SET"  # noqa: S608
+    + _SET_FROM_LAST_DN
+    + """FROM (
     SELECT dn.id, dn.message_id, dn.status, dn.error_code, dn.error_description, dn.received_at
     FROM delivery_notifications dn
-    WHERE dn.id = (SELECT max(x.id) FROM delivery_notifications x WHERE x.message_id = dn.message_id)
+    WHERE dn.id = (SELECT max(x.id) FROM delivery_notifications x
+                   WHERE x.message_id = dn.message_id)
       AND dn.message_id IN ({ids})
 ) AS d
 WHERE messages.id = d.message_id
-  AND (messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)
-"""
+  AND """
+    + _ONLY_FORWARD
+)
+
+# The same rule for the DN writer's batches on Postgres (asyncpg, one array parameter):
+# DISTINCT ON walks the (message_id, id) index once per message.
+_REFRESH_PG = (
+    "UPDATE messages SET"  # noqa: S608
+    + _SET_FROM_LAST_DN
+    + """FROM (
+    SELECT DISTINCT ON (dn.message_id)
+           dn.id, dn.message_id, dn.status, dn.error_code, dn.error_description, dn.received_at
+    FROM delivery_notifications dn
+    WHERE dn.message_id = ANY($1::bigint[])
+    ORDER BY dn.message_id, dn.id DESC
+) AS d
+WHERE messages.id = d.message_id
+  AND """
+    + _ONLY_FORWARD
+)
+
+_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(hashtextextended(r, 0)) "
+    "FROM (SELECT DISTINCT unnest({param}) AS r ORDER BY 1) AS s"
+)
 
 
 def is_postgres(session: AsyncSession) -> bool:
@@ -57,15 +89,13 @@ async def lock_refs(session: AsyncSession, refs: Sequence[str]) -> None:
     if not refs or not is_postgres(session):
         return
     await session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(r, 0)) "
-            "FROM (SELECT DISTINCT unnest(CAST(:refs AS text[])) AS r ORDER BY 1) AS s"
-        ),
-        {"refs": list(refs)},
+        text(_LOCK_SQL.format(param="CAST(:refs AS text[])")), {"refs": list(refs)}
     )
 
 
-async def refresh_messages(session: AsyncSession, message_ids: Sequence[int]) -> None:
+async def refresh_messages(
+    session: AsyncSession | AsyncConnection, message_ids: Sequence[int]
+) -> None:
     """Recompute the delivery fields of these messages from their last DN."""
     if not message_ids:
         return
@@ -92,3 +122,18 @@ async def attach_dns(session: AsyncSession, refs_by_message: dict[int, str]) -> 
         if getattr(result, "rowcount", 0):
             touched.append(message_id)
     await refresh_messages(session, touched)
+
+
+# ---- the same rule on a raw asyncpg connection (the DN writer's hot path) -------------------
+
+
+async def lock_refs_pg(conn: Any, refs: Sequence[str]) -> None:
+    """`lock_refs` for an asyncpg connection inside a transaction."""
+    if refs:
+        await conn.execute(_LOCK_SQL.format(param="$1::text[]"), list(refs))
+
+
+async def refresh_messages_pg(conn: Any, message_ids: Sequence[int]) -> None:
+    """`refresh_messages` for an asyncpg connection inside a transaction."""
+    if message_ids:
+        await conn.execute(_REFRESH_PG, list(message_ids))

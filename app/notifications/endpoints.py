@@ -1,0 +1,383 @@
+"""The DN hook (`GET|POST /dn/{token}`), the DN listing and the error-code tables.
+
+The hook is the hot path: Bulk360 may post thousands of DNs a second. It reads the raw
+request (no typed parameters, no pydantic per DN), validates by hand, and awaits the commit
+of the group-commit batch holding its DN (`writer.DNWriter`). Answers:
+
+- 200 `OK` once the DN's transaction has committed;
+- 400 naming the missing or invalid field, 413 for a body over 16 KiB, 415 for a body that is
+  neither a form nor JSON (never a 500 for what a sender got wrong);
+- 404 for a wrong token, byte-identical to an unknown path's 404 (the same exception goes
+  through the same handler) and compared in constant time;
+- 403 when `DN_ALLOWED_CIDRS` is set and the client address is outside it. The token is
+  checked first, so a 403 tells nothing to anyone who does not already hold the token;
+- 503 (with `Retry-After`) when the DN cannot be stored now: queue full, database down, or no
+  commit within `DN_ACK_TIMEOUT_S`. The sender retries; a retried DN is stored again, which
+  the "last DN received is final" rule absorbs.
+
+Client address: the allow-list reads the ASGI `client` address, i.e. the socket peer. Behind a
+reverse proxy that is the proxy; run `bulk360-relay serve --forwarded-allow-ips <proxy IPs>` so
+that uvicorn replaces it with the address from `X-Forwarded-For`, and only for those proxies
+(never `*` on a port the internet can reach: anyone could then claim any address).
+IPv4-mapped IPv6 peers (`::ffff:203.0.113.7`) are matched as IPv4.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import APIRouter, Query
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Message as ASGIMessage
+from starlette.types import Scope
+
+from app.bulk360.codes import describe_error_code, error_code_tables, normalise_error_code
+from app.config import IPNetwork
+from app.deps import ApiKeyDep, SessionDep, State
+from app.errors import AppError, error_response, error_responses
+from app.models import DeliveryNotification
+from app.notifications.schemas import (
+    DeliveryNotificationOut,
+    DeliveryNotificationPage,
+    ErrorCodeTables,
+)
+from app.notifications.writer import DNStoreError, DNUnavailable, InboundDN
+from app.ops.metrics import DN_RECEIVED
+
+MAX_DN_BODY_BYTES = 16 * 1024  # a DN is four short fields; anything bigger is not a DN
+MAX_QUERY_BYTES = 4 * 1024
+# Column sizes (models.DeliveryNotification): checked here so no DN can fail its batch.
+FIELD_LIMITS = {"msgid": 128, "status": 64, "error-code": 32, "msisdn": 64}
+
+_STORED = DN_RECEIVED.labels("stored")
+_REJECTED = DN_RECEIVED.labels("rejected")
+_UNAVAILABLE = DN_RECEIVED.labels("unavailable")
+
+
+class RawRequestRoute(APIRoute):
+    """An APIRoute (documented in OpenAPI) whose endpoint gets the bare Request: no dependency
+    resolution or parameter parsing on the hot path."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return endpoint
+
+
+router = APIRouter(tags=["delivery notifications"])
+hook_router = APIRouter(tags=["delivery notifications"], route_class=RawRequestRoute)
+
+
+class _BadDN(Exception):  # noqa: N818 - control flow inside the hook
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _client_allowed(scope: Scope, networks: tuple[IPNetwork, ...]) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        ip = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+async def _read_body(receive: Callable[[], Any]) -> bytes:
+    body = b""
+    while True:
+        message: ASGIMessage = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise _BadDN(400, "client_disconnected", "the client disconnected")
+        body += message.get("body", b"")
+        if len(body) > MAX_DN_BODY_BYTES:
+            raise _BadDN(
+                413, "payload_too_large", f"a DN body is at most {MAX_DN_BODY_BYTES} bytes"
+            )
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def _multipart_fields(scope: Scope, body: bytes) -> dict[str, Any]:
+    sent = False
+
+    async def replay() -> ASGIMessage:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        async with Request(scope, replay).form(max_files=0, max_fields=64) as form:
+            return dict(form.items())
+    except StarletteHTTPException as exc:
+        raise _BadDN(400, "malformed_body", f"multipart form: {exc.detail}") from None
+    except Exception:  # python-multipart raises several types for broken input
+        raise _BadDN(400, "malformed_body", "the multipart form could not be parsed") from None
+
+
+async def _body_fields(scope: Scope, receive: Callable[[], Any]) -> dict[str, Any]:
+    content_type = b""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise _BadDN(400, "malformed_body", "Content-Length is not a number")
+            if int(value) > MAX_DN_BODY_BYTES:
+                raise _BadDN(
+                    413, "payload_too_large", f"a DN body is at most {MAX_DN_BODY_BYTES} bytes"
+                )
+        elif name == b"content-type":
+            content_type = value.lower()
+    body = await _read_body(receive)
+    if not body.strip():
+        return {}
+    if content_type.startswith(b"application/x-www-form-urlencoded"):
+        return dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+    if content_type.startswith(b"application/json") or b"+json" in content_type:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _BadDN(400, "malformed_body", "the body is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise _BadDN(400, "malformed_body", "the JSON body must be an object")
+        return parsed
+    if content_type.startswith(b"multipart/form-data"):
+        return await _multipart_fields(scope, body)
+    shown = content_type.decode("latin-1")[:60] or "none"
+    raise _BadDN(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {shown!r}: send a query string, a form or a JSON object",
+    )
+
+
+def _text(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _BadDN(400, "invalid_field", f"{name} must be a string")
+    text = str(value).strip()
+    if "\x00" in text:
+        raise _BadDN(400, "invalid_field", f"{name} contains a NUL character")
+    limit = FIELD_LIMITS[name]
+    if len(text) > limit:
+        raise _BadDN(400, "invalid_field", f"{name} is longer than {limit} characters")
+    return text or None
+
+
+def _parse_dn(fields: dict[str, Any], received_ts: float) -> InboundDN:
+    msgid = _text(fields, "msgid")
+    status = _text(fields, "status")
+    if msgid is None or status is None:
+        missing = [name for name, v in (("msgid", msgid), ("status", status)) if v is None]
+        raise _BadDN(400, "missing_field", "missing required field: " + ", ".join(missing))
+    if "error-code" in fields:
+        raw_code = _text(fields, "error-code")
+    else:
+        raw_code = _text({"error-code": fields.get("error_code")}, "error-code")
+    try:
+        raw = orjson.dumps(fields).decode()
+    except TypeError:  # e.g. a JSON body nesting objects in extra fields: still a DN
+        raw = orjson.dumps({k: str(v) for k, v in fields.items()}).decode()
+    return InboundDN(
+        msgid=msgid,
+        status=status,
+        error_code=normalise_error_code(raw_code),
+        error_description=describe_error_code(raw_code),
+        msisdn=_text(fields, "msisdn"),
+        raw=raw,
+        received_ts=received_ts,
+    )
+
+
+_OPENAPI_HOOK: dict[str, Any] = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in ("msgid", "status", "error-code", "msisdn")
+    ],
+    "requestBody": {
+        "required": False,
+        "content": {
+            media: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "msgid": {"type": "string", "example": "a1b2c3d4e5"},
+                        "status": {"type": "string", "example": "DELIVERED"},
+                        "error-code": {"type": "string", "example": "000"},
+                        "msisdn": {"type": "string", "example": "60123240066"},
+                    },
+                    "required": ["msgid", "status"],
+                }
+            }
+            for media in (
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+                "application/json",
+            )
+        },
+    },
+    "responses": {
+        "200": {"description": "Stored (committed).", "content": {"text/plain": {"example": "OK"}}},
+        **{
+            str(status): {
+                "description": text,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            }
+            for status, text in (
+                (400, "A required field is missing or invalid (named in `detail`)."),
+                (403, "DN_ALLOWED_CIDRS is set and the client address is outside it."),
+                (404, "Wrong token (the same answer as an unknown path)."),
+                (413, "Body over 16 KiB."),
+                (415, "Body neither a form nor JSON."),
+                (503, "Not stored now (queue full, database down, timeout): retry."),
+            )
+        },
+    },
+}
+
+
+@hook_router.api_route(
+    "/dn/{token}",
+    methods=["GET", "POST"],
+    summary="Delivery notification hook (called by Bulk360)",
+    openapi_extra=_OPENAPI_HOOK,
+    responses=error_responses(),  # registers ErrorBody in the components
+)
+async def dn_hook(request: Request) -> Response:
+    """Store one DN (`status`, `error-code`, `msisdn`, `msgid`) from a query string, form or
+    JSON object; 200 only after it is committed."""
+    received_ts = time.time()
+    scope = request.scope
+    state: State = scope["state"]["relay"]
+    settings = state.settings
+    token: str = scope["path_params"]["token"]
+    if not hmac.compare_digest(token.encode(), settings.effective_dn_hook_token.encode()):
+        raise StarletteHTTPException(404)  # exactly what an unknown path raises
+    networks = settings.dn_allowed_networks
+    if networks and not _client_allowed(scope, networks):
+        _REJECTED.inc()
+        return error_response(403, "forbidden", "this client address may not post DNs")
+    try:
+        query = scope["query_string"]
+        if len(query) > MAX_QUERY_BYTES:
+            raise _BadDN(413, "payload_too_large", f"a DN query is at most {MAX_QUERY_BYTES} bytes")
+        fields: dict[str, Any] = (
+            dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {}
+        )
+        if scope["method"] == "POST":
+            fields.update(await _body_fields(scope, request.receive))
+        dn = _parse_dn(fields, received_ts)
+    except _BadDN as exc:
+        _REJECTED.inc()
+        return error_response(exc.status, exc.code, exc.detail)
+    try:
+        await state.dn_writer.store(dn)
+    except DNUnavailable as exc:
+        _UNAVAILABLE.inc()
+        return error_response(503, "dn_unavailable", f"{exc}; retry", {"Retry-After": "1"})
+    except DNStoreError:
+        _UNAVAILABLE.inc()
+        return error_response(500, "internal_error", "the DN could not be stored")
+    _STORED.inc()
+    return PlainTextResponse("OK")
+
+
+# ---- the listing --------------------------------------------------------------------------
+
+_CURSOR_RE = re.compile(r"^dn1:([0-9]{1,19})$")
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"dn1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    match = _CURSOR_RE.match(text)
+    if match is None:
+        raise AppError(400, "invalid_cursor", "cursor: not a cursor this service issued")
+    return int(match.group(1))
+
+
+@router.get(
+    "/v1/delivery-notifications",
+    response_model=DeliveryNotificationPage,
+    summary="List stored DNs, newest first",
+    responses=error_responses(400, 401, 422, 503),
+)
+async def list_delivery_notifications(
+    session: SessionDep,
+    _key: ApiKeyDep,
+    unmatched: Annotated[
+        bool, Query(description="Only DNs whose msgid matches no message (yet).")
+    ] = False,
+    msgid: Annotated[str | None, Query(max_length=128, description="Only this msgid.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> DeliveryNotificationPage:
+    """Every DN received (duplicates included), newest first, keyset-paginated."""
+    dn = DeliveryNotification
+    query = select(dn).order_by(dn.id.desc()).limit(limit + 1)
+    if unmatched:
+        query = query.where(dn.message_id.is_(None))
+    if msgid is not None:
+        query = query.where(dn.msgid == msgid)
+    if cursor is not None:
+        query = query.where(dn.id < decode_cursor(cursor))
+    rows = list((await session.scalars(query)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        DeliveryNotificationOut(
+            id=row.id,
+            seq=row.id,
+            msgid=row.msgid,
+            status=row.status,
+            error_code=row.error_code,
+            error_description=row.error_description,
+            msisdn=row.msisdn,
+            received_at=row.received_at,
+            message_id=row.message_id,
+        )
+        for row in rows
+    ]
+    return DeliveryNotificationPage(
+        items=items, next_cursor=encode_cursor(rows[-1].id) if more and rows else None
+    )
+
+
+@router.get(
+    "/v1/error-codes",
+    response_model=ErrorCodeTables,
+    summary="The provider's code tables",
+    tags=["operations"],
+)
+async def error_codes() -> dict[str, list[dict[str, str]]]:
+    """Both Bulk360 tables: send-answer codes and DN error codes (public, no API key)."""
+    return error_code_tables()

@@ -1,0 +1,287 @@
+"""The DN writer: group commit for the DN hook.
+
+Each hook request validates its DN, hands it to `DNWriter.store()` and awaits the COMMIT of
+the transaction that holds it; only then is it answered 200. One writer task per process
+takes whatever has queued up (at most `DN_BATCH_MAX` DNs) and writes it in one transaction,
+so under load one fsync covers hundreds of DNs instead of one.
+
+In that transaction, in this order (Postgres):
+1. `pg_advisory_xact_lock` on every distinct msgid, sorted: the same lock the send path takes
+   on a ref it records (`service.lock_refs`), so a DN and its message never race;
+2. one `INSERT ... SELECT ... FROM unnest(...) WITH ORDINALITY ORDER BY ordinality`, which
+   draws ids (the receipt sequence) in arrival order and sets `message_id` from `messages.ref`;
+3. the matched messages are recomputed from their DN with the highest id.
+
+Failures:
+- queue full, writer stopping, or the database recently failed (the breaker is open for
+  `BREAKER_OPEN_S`, then the next batch probes it) -> `DNUnavailable` at once, the hook answers
+  503 and the sender retries;
+- a wait longer than `DN_ACK_TIMEOUT_S` -> `DNUnavailable` (the DN may still commit: a retry
+  then stores a duplicate, which is harmless; a 200 for an unstored DN never happens);
+- a batch failing for another reason is retried one DN per transaction, so one bad row cannot
+  fail its neighbours; a DN that fails alone raises `DNStoreError`.
+
+Postgres goes through asyncpg directly (on a connection checked out of SQLAlchemy's pool, so
+`pool_pre_ping` replaces connections killed by a database restart); SQLite uses SQLAlchemy
+Core in the same shape (one writer, BEGIN IMMEDIATE: correctness over speed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.config import Settings
+from app.errors import is_database_unavailable
+from app.models import DeliveryNotification, Message
+from app.notifications.service import lock_refs_pg, refresh_messages, refresh_messages_pg
+from app.ops.metrics import DN_BATCH_SIZE, DN_QUEUE_DEPTH
+
+log = structlog.get_logger("app.dn_writer")
+
+# After a batch fails because the database is unreachable, answer 503 at once for this long,
+# then let the next batch probe the database again.
+BREAKER_OPEN_S = 1.0
+
+_INSERT_PG = """
+WITH ins AS (
+    INSERT INTO delivery_notifications
+        (msgid, status, error_code, error_description, msisdn, raw, received_at, message_id)
+    SELECT t.msgid, t.status, t.error_code, t.error_description, t.msisdn, t.raw,
+           to_timestamp(t.ts), m.id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::float8[]) WITH ORDINALITY
+         AS t(msgid, status, error_code, error_description, msisdn, raw, ts, ord)
+    LEFT JOIN messages m ON m.ref = t.msgid
+    ORDER BY t.ord
+    RETURNING message_id
+)
+SELECT DISTINCT message_id FROM ins WHERE message_id IS NOT NULL
+"""
+
+
+class InboundDN(NamedTuple):
+    """One validated DN, as the hook hands it over (already normalised, within column sizes)."""
+
+    msgid: str
+    status: str
+    error_code: str | None
+    error_description: str | None
+    msisdn: str | None
+    raw: str  # every received field, JSON
+    received_ts: float  # time.time() at receipt
+
+
+class DNUnavailable(Exception):  # noqa: N818 - a state, not a programming error
+    """The DN cannot be stored now (queue full, database down, stopping, timeout): 503."""
+
+
+class DNStoreError(Exception):
+    """This DN failed to store on its own, for a reason other than the database being down."""
+
+
+_Item = tuple[InboundDN, "asyncio.Future[None]"]
+
+
+class DNWriter:
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._queue_max = settings.dn_queue_max
+        self._batch_max = settings.dn_batch_max
+        self._ack_timeout = settings.dn_ack_timeout_s
+        # A plain list + event rather than asyncio.Queue: the writer takes everything queued
+        # in one slice, and a submit costs one append.
+        self._pending: list[_Item] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._down_until = 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.create_task(self._run(), name="dn-writer")
+
+    async def stop(self) -> None:
+        """Refuse new DNs, then write (or, if the database is down, fail) every queued one."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._wakeup.set()
+        try:
+            await task
+        finally:
+            # Only reached with items left if the task itself died: never leave a caller hanging.
+            self._fail(self._take_all(), DNUnavailable("the DN writer stopped"))
+
+    async def store(self, dn: InboundDN) -> None:
+        """Queue `dn` and return once its transaction has committed.
+
+        Raises DNUnavailable (answer 503) or DNStoreError.
+        """
+        if self._closing or self._task is None:
+            raise DNUnavailable("the DN writer is stopping")
+        loop = asyncio.get_running_loop()
+        if self._down_until and loop.time() < self._down_until:
+            raise DNUnavailable("the database is unreachable")
+        if len(self._pending) >= self._queue_max:
+            raise DNUnavailable("the DN queue is full")
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((dn, fut))
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(fut, self._ack_timeout)
+        except TimeoutError:
+            # wait_for cancelled the future: if the writer has not taken it yet, it skips it.
+            raise DNUnavailable("timed out waiting for the database") from None
+
+    # ---- the writer task ------------------------------------------------------------------
+
+    def _take_all(self) -> list[_Item]:
+        items, self._pending = self._pending, []
+        return items
+
+    @staticmethod
+    def _fail(items: list[_Item], exc: Exception) -> None:
+        for _, fut in items:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._batch_max]
+                del self._pending[: self._batch_max]
+                DN_QUEUE_DEPTH.set(len(self._pending))
+                # Callers that timed out (future cancelled) were answered 503: skip them.
+                batch = [item for item in batch if not item[1].done()]
+                if batch:
+                    await self._write(batch)
+            DN_QUEUE_DEPTH.set(0)
+            if self._closing:
+                return
+
+    async def _write(self, batch: list[_Item]) -> None:
+        try:
+            await self._commit([dn for dn, _ in batch])
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                self._open_breaker(exc)
+                # Everything queued before the breaker opened would fail the same way.
+                self._fail(batch + self._take_all(), DNUnavailable("the database is unreachable"))
+                return
+            log.warning(
+                "dn_batch_failed_retrying_singly", size=len(batch), error=type(exc).__name__
+            )
+            await self._write_singly(batch)
+            return
+        self._down_until = 0.0
+        DN_BATCH_SIZE.observe(len(batch))
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _write_singly(self, batch: list[_Item]) -> None:
+        for index, (dn, fut) in enumerate(batch):
+            try:
+                await self._commit([dn])
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    self._open_breaker(exc)
+                    self._fail(batch[index:] + self._take_all(), DNUnavailable("database down"))
+                    return
+                log.error("dn_store_failed", error=type(exc).__name__, exc_info=exc)
+                if not fut.done():
+                    fut.set_exception(DNStoreError(type(exc).__name__))
+                continue
+            DN_BATCH_SIZE.observe(1)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _open_breaker(self, exc: BaseException) -> None:
+        if not self._down_until:
+            log.warning("dn_database_unavailable", error=type(exc).__name__)
+        self._down_until = asyncio.get_running_loop().time() + BREAKER_OPEN_S
+
+    async def _commit(self, dns: list[InboundDN]) -> None:
+        if self._postgres:
+            await self._commit_postgres(dns)
+        else:
+            await self._commit_sqlite(dns)
+
+    async def _commit_postgres(self, dns: list[InboundDN]) -> None:
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            apg: Any = raw.driver_connection
+            try:
+                async with apg.transaction():
+                    await insert_batch_pg(apg, dns)
+            except BaseException as exc:
+                # SQLAlchemy did not see this error: a dead connection must not go back to
+                # the pool (pre-ping would catch it too, at the cost of a round trip).
+                if not isinstance(exc, Exception) or is_database_unavailable(exc):
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
+                raise
+
+    async def _commit_sqlite(self, dns: list[InboundDN]) -> None:
+        async with self._engine.begin() as conn:  # BEGIN IMMEDIATE: the one writer
+            await _insert_sqlite(conn, dns)
+
+
+async def insert_batch_pg(apg: Any, dns: list[InboundDN]) -> None:
+    """Store `dns` (in arrival order) inside the caller's asyncpg transaction."""
+    msgids, statuses, codes, descs, msisdns, raws, stamps = zip(*dns, strict=True)
+    # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send
+    # that held the lock, and a send waiting for the lock sees these DNs once we commit.
+    await lock_refs_pg(apg, sorted(set(msgids)))
+    matched = await apg.fetch(_INSERT_PG, msgids, statuses, codes, descs, msisdns, raws, stamps)
+    if matched:
+        await refresh_messages_pg(apg, [row[0] for row in matched])
+
+
+async def _insert_sqlite(conn: AsyncConnection, dns: list[InboundDN]) -> None:
+    msgids = sorted({dn.msgid for dn in dns})
+    by_ref: dict[str, int] = {}
+    for start in range(0, len(msgids), 500):
+        result = await conn.execute(
+            select(Message.id, Message.ref).where(Message.ref.in_(msgids[start : start + 500]))
+        )
+        by_ref.update({ref: mid for mid, ref in result if ref is not None})
+    rows = [
+        {
+            "msgid": dn.msgid,
+            "status": dn.status,
+            "error_code": dn.error_code,
+            "error_description": dn.error_description,
+            "msisdn": dn.msisdn,
+            "raw": dn.raw,
+            "received_at": datetime.fromtimestamp(dn.received_ts, UTC),
+            "message_id": by_ref.get(dn.msgid),
+        }
+        for dn in dns
+    ]
+    # executemany inserts in list order: INTEGER PRIMARY KEY ids follow arrival order.
+    await conn.execute(insert(DeliveryNotification), rows)
+    matched = sorted({mid for mid in (by_ref.get(dn.msgid) for dn in dns) if mid is not None})
+    await refresh_messages(conn, matched)
+
+
+def now_ts() -> float:
+    """The receipt time the hook stamps on a DN (float seconds: cheap to take and to send)."""
+    return time.time()
