@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk360.client import WHATSAPP_PREFIX
@@ -180,7 +180,7 @@ async def list_messages(
     ] = None,
 ) -> dict[str, Any]:
     """Messages matching every filter given, newest first, a page at a time."""
-    query: Select[tuple[Message]] = select(Message)
+    query = select(Message)
     if to is not None:
         msisdn, prefixed = normalise_to(to, state.settings.default_region)
         query = query.where(Message.msisdn == msisdn)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 MessageStatus = Literal["pending", "delivered", "undelivered", "rejected", "unknown"]
 Channel = Literal["sms", "whatsapp"]
 
-_MESSAGE_EXAMPLE: dict[str, object] = {
+_MESSAGE_EXAMPLE: dict[str, JsonValue] = {
     "id": 42,
     "to": "60123240066",
     "channel": "sms",

@@ -9,7 +9,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
-    "relay_http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"]
+    "relay_http_requests_total",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
     "relay_http_request_duration_seconds",
@@ -46,4 +48,10 @@ DN_BATCH_SIZE = Histogram(
     "relay_dn_writer_batch_size",
     "DNs committed per writer transaction",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+UPSTREAM_TOKEN_STATE = Gauge(
+    "relay_upstream_token_state",
+    "1 for the current state of the cached OAuth2 token (none, valid, expired, failing)",
+    ["state"],
+    multiprocess_mode="livemax",  # with several workers: 1 if any live worker is in that state
 )

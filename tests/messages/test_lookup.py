@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import app.messages.lookup  # noqa: F401 - registers the routes (endpoints.py imports it too)
 from app.models import DeliveryNotification, Message
 from app.pagination import decode_cursor, encode_cursor
 from tests.conftest import Relay

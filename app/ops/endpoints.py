@@ -1,0 +1,167 @@
+"""Operations: liveness, readiness and Prometheus metrics (CONTRACT §4.4).
+
+`/readyz` fails (503) only for what this replica cannot serve without: the database and a
+schema at the migrations' head. The upstream token state, the mode and the DN writer's queue
+are reported but never fail readiness: Bulk360 being down or refusing our credentials is the
+same for every replica, and taking them all out of rotation would also close the DN hook and
+the lookups, which need no upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+
+from app.deps import StateDep
+from app.errors import error_responses, is_database_unavailable
+from app.migrate import head_revision
+from app.ops.metrics import UPSTREAM_TOKEN_STATE
+
+router = APIRouter(tags=["operations"])
+
+DB_CHECK_TIMEOUT_S = 2.0
+TOKEN_STATES = ("none", "valid", "expired", "failing")
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "ok"}})
+
+    status: Literal["ok"]
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    """Readiness of this replica; `failed` names the checks that made it 503."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "ready",
+                "failed": [],
+                "checks": {
+                    "database": {"ok": True, "detail": "reachable"},
+                    "schema": {"ok": True, "detail": "at head 2c353680191e"},
+                },
+                "mode": "sandbox",
+                "upstream_token": "valid",
+                "dn_writer_queue_depth": 0,
+            }
+        }
+    )
+
+    status: Literal["ready", "not_ready"]
+    failed: list[str]
+    checks: dict[str, Check]
+    mode: Literal["sandbox", "live"]
+    upstream_token: str = Field(description="none, valid, expired or failing")
+    dn_writer_queue_depth: int
+
+
+@functools.cache
+def _head() -> str | None:
+    # Reads the migration scripts from disk: once per process is enough.
+    return head_revision()
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process is up and serving (checks nothing else)."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready; `failed` says why"}},
+)
+async def readyz(state: StateDep) -> JSONResponse:
+    """Readiness: database reachable and schema at head (503 otherwise), plus mode and upstream."""
+    database, schema = await _check_database(state.engine)
+    checks = {"database": database, "schema": schema}
+    failed = [name for name, check in checks.items() if not check.ok]
+    body = Readiness(
+        status="not_ready" if failed else "ready",
+        failed=failed,
+        checks=checks,
+        mode=state.settings.bulk360_mode,
+        upstream_token=state.bulk360.token_state,
+        dn_writer_queue_depth=state.dn_writer.queue_depth,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=503 if failed else 200)
+
+
+async def _check_database(engine: Any) -> tuple[Check, Check]:
+    head = _head()
+    try:
+        current = await asyncio.wait_for(_schema_revision(engine), DB_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return (
+            Check(ok=False, detail=f"no answer within {DB_CHECK_TIMEOUT_S:g}s"),
+            Check(ok=False, detail="unknown: database unreachable"),
+        )
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        # The exception's class only: its message may carry the connection string.
+        return (
+            Check(ok=False, detail=f"unreachable ({type(exc).__name__})"),
+            Check(ok=False, detail="unknown: database unreachable"),
+        )
+    reachable = Check(ok=True, detail="reachable")
+    if current is None:
+        return reachable, Check(ok=False, detail=f"not migrated (head is {head}): run migrate")
+    if current != head:
+        return reachable, Check(ok=False, detail=f"at {current}, head is {head}: run migrate")
+    return reachable, Check(ok=True, detail=f"at head {head}")
+
+
+async def _schema_revision(engine: Any) -> str | None:
+    async with engine.connect() as conn:
+        has_table = await conn.run_sync(
+            lambda sync: sync.dialect.has_table(sync, "alembic_version")
+        )
+        if not has_table:
+            return None
+        version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        return str(version) if version is not None else None
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/plain": {"example": 'relay_messages_total{outcome="pending"} 3.0\n'}},
+            "description": "Prometheus text format (OpenMetrics if the Accept header asks)",
+        },
+        **error_responses(500),
+    },
+)
+async def metrics(
+    state: StateDep, accept: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Response:
+    """Prometheus metrics of this process (of all workers with PROMETHEUS_MULTIPROC_DIR)."""
+    token_state = state.bulk360.token_state
+    for name in TOKEN_STATES:
+        UPSTREAM_TOKEN_STATE.labels(name).set(1 if name == token_state else 0)
+    encoder, content_type = choose_encoder(accept or "")
+    registry: CollectorRegistry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: each writes its own files; merge them per scrape.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(encoder(registry), media_type=content_type)
