@@ -7,6 +7,7 @@ Every database test runs on SQLite and, when TEST_DATABASE_URL is set, on Postgr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -158,7 +159,25 @@ RelayFactory = Callable[..., Any]
 @pytest.fixture
 async def relay(db_url: str, simulator: Simulator) -> AsyncIterator[Relay]:
     """The relay over ASGI (lifespan run), with the simulator as its upstream."""
-    settings = relay_settings(db_url, simulator.base_url)
+    async with run_relay(relay_settings(db_url, simulator.base_url)) as relay:
+        yield relay
+
+
+@pytest.fixture
+def make_relay(db_url: str) -> Callable[..., contextlib.AbstractAsyncContextManager[Relay]]:
+    """`async with make_relay(upstream, **settings_overrides) as relay:` on this test's database."""
+
+    def factory(
+        upstream: str | None, **overrides: Any
+    ) -> contextlib.AbstractAsyncContextManager[Relay]:
+        return run_relay(relay_settings(db_url, upstream, **overrides))
+
+    return factory
+
+
+@contextlib.asynccontextmanager
+async def run_relay(settings: Settings) -> AsyncIterator[Relay]:
+    """The relay over ASGI (lifespan run) with these settings."""
     app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)

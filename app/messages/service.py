@@ -182,7 +182,7 @@ class SendService:
             log.warning(
                 "send answer not recorded: rows stay unknown; reconcile these refs",
                 send_id=send_id,
-                refs={e.id: e.ref for e in entries if e.ref},
+                refs={str(e.id): e.ref for e in entries if e.ref},  # message id -> ref
                 error=type(exc).__name__,
                 exc_info=not is_database_unavailable(exc),
             )
