@@ -71,8 +71,9 @@ async def _find(session: AsyncSession, ref: str) -> Message | None:
 
 @router.get(
     "/v1/messages/{ref}",
+    summary="Look up one message by ref or id",
     response_model=MessageDetail,
-    responses=error_responses(401, 404, 503),
+    responses=error_responses(401, 404, 422, 503),
 )
 async def get_message(
     *,
@@ -141,8 +142,9 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
 
 @router.get(
     "/v1/messages",
+    summary="List messages (by phone, status, client_ref, time)",
     response_model=MessagePage,
-    responses=error_responses(400, 401, 503),
+    responses=error_responses(400, 401, 422, 503),
 )
 async def list_messages(
     *,

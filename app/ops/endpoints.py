@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from app.deps import StateDep
-from app.errors import error_responses, is_database_unavailable
+from app.errors import is_database_unavailable
 from app.migrate import head_revision
 from app.ops.metrics import UPSTREAM_TOKEN_STATE
 
@@ -77,7 +77,7 @@ def _head() -> str | None:
     return head_revision()
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", summary="Liveness", response_model=Health)
 async def healthz() -> dict[str, str]:
     """Liveness: 200 while the process is up and serving (checks nothing else)."""
     return {"status": "ok"}
@@ -85,6 +85,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
+    summary="Readiness (database, schema, mode, upstream token)",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "not ready; `failed` says why"}},
 )
@@ -142,23 +143,21 @@ async def _schema_revision(engine: Any) -> str | None:
 
 @router.get(
     "/metrics",
+    summary="Prometheus metrics",
     response_class=Response,
     responses={
         200: {
             "content": {"text/plain": {"example": 'relay_messages_total{outcome="pending"} 3.0\n'}},
             "description": "Prometheus text format (OpenMetrics if the Accept header asks)",
         },
-        **error_responses(500),
     },
 )
-async def metrics(
-    state: StateDep, accept: Annotated[str | None, Header(include_in_schema=False)] = None
-) -> Response:
+async def metrics(state: StateDep, request: Request) -> Response:
     """Prometheus metrics of this process (of all workers with PROMETHEUS_MULTIPROC_DIR)."""
     token_state = state.bulk360.token_state
     for name in TOKEN_STATES:
         UPSTREAM_TOKEN_STATE.labels(name).set(1 if name == token_state else 0)
-    encoder, content_type = choose_encoder(accept or "")
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers: each writes its own files; merge them per scrape.
