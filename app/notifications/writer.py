@@ -104,10 +104,17 @@ class DNWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._down_until = 0.0
+        self.breaker_open_s = BREAKER_OPEN_S
+        self._in_flight = 0
 
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        """DNs in the transaction being written now."""
+        return self._in_flight
 
     async def start(self) -> None:
         if self._task is None:
@@ -171,7 +178,11 @@ class DNWriter:
                 # Callers that timed out (future cancelled) were answered 503: skip them.
                 batch = [item for item in batch if not item[1].done()]
                 if batch:
-                    await self._write(batch)
+                    self._in_flight = len(batch)
+                    try:
+                        await self._write(batch)
+                    finally:
+                        self._in_flight = 0
             DN_QUEUE_DEPTH.set(0)
             if self._closing:
                 return
@@ -216,7 +227,7 @@ class DNWriter:
     def _open_breaker(self, exc: BaseException) -> None:
         if not self._down_until:
             log.warning("dn_database_unavailable", error=type(exc).__name__)
-        self._down_until = asyncio.get_running_loop().time() + BREAKER_OPEN_S
+        self._down_until = asyncio.get_running_loop().time() + self.breaker_open_s
 
     async def _commit(self, dns: list[InboundDN]) -> None:
         if self._postgres:
