@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from typing import Any, Literal
+from typing import Literal
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -21,12 +22,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.deps import StateDep
 from app.errors import is_database_unavailable
 from app.migrate import head_revision
 from app.ops.metrics import UPSTREAM_TOKEN_STATE
 
+log = structlog.get_logger("app.ops")
 router = APIRouter(tags=["operations"])
 
 DB_CHECK_TIMEOUT_S = 2.0
@@ -105,7 +108,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=503 if failed else 200)
 
 
-async def _check_database(engine: Any) -> tuple[Check, Check]:
+async def _check_database(engine: AsyncEngine) -> tuple[Check, Check]:
     head = _head()
     try:
         current = await asyncio.wait_for(_schema_revision(engine), DB_CHECK_TIMEOUT_S)
@@ -115,11 +118,12 @@ async def _check_database(engine: Any) -> tuple[Check, Check]:
             Check(ok=False, detail="unknown: database unreachable"),
         )
     except Exception as exc:
-        if not is_database_unavailable(exc):
-            raise
-        # The exception's class only: its message may carry the connection string.
+        # Readiness never answers 500; the class only, as its message may carry the URL.
+        error = type(exc).__name__
+        log.warning("readiness_database_check_failed", error=error)
+        state = "unreachable" if is_database_unavailable(exc) else "check failed"
         return (
-            Check(ok=False, detail=f"unreachable ({type(exc).__name__})"),
+            Check(ok=False, detail=f"{state} ({error})"),
             Check(ok=False, detail="unknown: database unreachable"),
         )
     reachable = Check(ok=True, detail="reachable")
@@ -130,7 +134,7 @@ async def _check_database(engine: Any) -> tuple[Check, Check]:
     return reachable, Check(ok=True, detail=f"at head {head}")
 
 
-async def _schema_revision(engine: Any) -> str | None:
+async def _schema_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         has_table = await conn.run_sync(
             lambda sync: sync.dialect.has_table(sync, "alembic_version")
