@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from typing import Annotated
 
 import typer
@@ -97,7 +96,9 @@ def simulator(
 
 
 @cli.command()
-def keygen(name: Annotated[str, typer.Argument(help="Name recorded on every message sent with it.")]) -> None:
+def keygen(
+    name: Annotated[str, typer.Argument(help="Name recorded on every message sent with it.")],
+) -> None:
     """Print a new API key once, and the API_KEYS entry to add for it."""
     if not name or ":" in name or "," in name or len(name) > 64:
         typer.echo("error: NAME must be 1-64 characters without ':' or ','", err=True)
@@ -112,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

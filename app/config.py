@@ -138,7 +138,9 @@ class Settings(BaseSettings):
             name, sep, digest = item.partition(":")
             name, digest = name.strip(), digest.strip().lower()
             if not sep or not name:
-                raise ConfigError("API_KEYS: each entry must be NAME:SHA256HEX (an entry has no ':')")
+                raise ConfigError(
+                    "API_KEYS: each entry must be NAME:SHA256HEX (an entry has no ':')"
+                )
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ConfigError(f"API_KEYS: the entry for {name!r} is not a 64-digit sha256 hex")
             entries[digest] = name

@@ -61,8 +61,12 @@ def api_key_name(
 ) -> str:
     """The name of the caller's API key; 401 unless it matches an API_KEYS entry."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise AppError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>",
-                       {"WWW-Authenticate": "Bearer"})
+        raise AppError(
+            401,
+            "unauthorized",
+            "missing API key: send Authorization: Bearer <key>",
+            {"WWW-Authenticate": "Bearer"},
+        )
     digest = hash_api_key(credentials.credentials).encode()
     found: str | None = None
     # Compare against every entry in constant time; don't stop at the first match.

@@ -22,8 +22,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.bulk360.simulator import Simulator, SimulatorConfig
 from app.config import Settings, hash_api_key, load_settings
@@ -104,7 +104,7 @@ async def _empty_tables(url: str) -> None:
                 await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
             else:
                 for table in TABLES:
-                    await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+                    await conn.execute(text(f"DELETE FROM {table}"))
     finally:
         await engine.dispose()
 
@@ -186,7 +186,7 @@ async def run_relay(settings: Settings) -> AsyncIterator[Relay]:
             base_url="http://relay.test",
             headers={"Authorization": f"Bearer {TEST_API_KEY}"},
         ) as client:
-            state: State = manager._state["relay"]  # noqa: SLF001
+            state: State = manager._state["relay"]
             yield Relay(app, client, settings, state, "http://relay.test")
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from app import __version__
 
 
-def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=cwd,
@@ -52,5 +54,7 @@ def test_migrate_from_another_directory(tmp_path: Path) -> None:
     proc = _run("migrate", cwd=tmp_path, env={"DATABASE_URL": f"sqlite+aiosqlite:///{db}"})
     assert proc.returncode == 0, proc.stderr
     with sqlite3.connect(db) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
     assert {"messages", "delivery_notifications", "idempotency_keys", "alembic_version"} <= tables

@@ -85,7 +85,9 @@ def test_sandbox_with_its_own_upstream_does_not_start_the_builtin_simulator() ->
     assert settings.bulk360_base_url == "http://127.0.0.1:9000"
 
 
-def test_env_file_is_read(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_file_is_read(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = tmp_path / ".env"  # type: ignore[operator]
     env.write_text("MAX_RECIPIENTS=7\nLOG_LEVEL=debug\n")
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]

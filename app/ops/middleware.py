@@ -68,4 +68,3 @@ class RequestMiddleware:
                 duration_ms=round(duration * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
-
