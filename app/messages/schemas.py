@@ -79,6 +79,8 @@ class MessageEntry(BaseModel):
     why; nothing was charged), or `unknown` (no usable answer: the provider may have sent it;
     the relay never resends on its own). `encoding`/`segments` are what an SMS is billed as,
     counting the provider's `RM0 ` prefix for Malaysian (60…) numbers; null for WhatsApp.
+    `rate` is the provider's charge as decimal text, null when it reported none (its answer
+    for a single recipient carries no rate).
     """
 
     id: int
