@@ -16,7 +16,8 @@ from app.messages.service import send_service
 router = APIRouter(tags=["messages"])
 
 _SEND_ERRORS: dict[int | str, dict[str, Any]] = {
-    **error_responses(401, 409, 413, 422, 503),
+    # 400: a body that cannot be read at all (not UTF-8), before validation.
+    **error_responses(400, 401, 409, 413, 422, 503),
     402: {
         "model": SendErrorResponse,
         "description": "Insufficient credit (`insufficient_credit`): nothing was sent.",
