@@ -92,12 +92,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     install_error_handlers(app)
     app.include_router(messages_router)
     app.include_router(notifications_router)
     app.include_router(dn_hook_router)
     app.include_router(ops_router)
-    app.add_middleware(RequestMiddleware)
+    # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
+    # declared oversized body in plain text, outside the error shape.
+    app.add_middleware(RequestMiddleware, max_body_bytes=MAX_BODY_BYTES)
     return app

@@ -2,6 +2,11 @@
 
 Per request: take `X-Request-ID` (or make one) and return it, bind it to the log context,
 time the request, count it by route template and status, and write one log line.
+
+It also refuses, in the error shape, what is too big to handle: headers over
+`MAX_HEADER_BYTES` or `MAX_HEADERS` fields (431; uvicorn's default httptools parser has no
+limit of its own) and a body over `max_body_bytes` (413), declared by Content-Length (refused
+before the app runs) or streamed (refused when the endpoint reads past the limit).
 """
 
 from __future__ import annotations
@@ -11,31 +16,42 @@ import time
 import uuid
 
 import structlog
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_response
 from app.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("app.request")
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_HEADER_BYTES = 16 * 1024  # what uvicorn's h11 parser allows for a whole request head
+MAX_HEADERS = 100
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = None
+        declared_length = b""
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 # A caller's id is echoed only if harmless in a log line and a header.
                 if _SAFE_ID.match(candidate):
                     request_id = candidate
+            elif name == b"content-length":
+                declared_length = value
         if request_id is None:
             request_id = uuid.uuid4().hex
         rid_header = request_id.encode()
@@ -52,7 +68,13 @@ class RequestMiddleware:
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            refusal = self._refusal(len(scope["headers"]), header_bytes, declared_length)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+            elif self.max_body_bytes is not None:
+                await self.app(scope, self._limited(receive, self.max_body_bytes), send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
             route = scope.get("route")
@@ -68,3 +90,36 @@ class RequestMiddleware:
                 duration_ms=round(duration * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+    def _refusal(self, headers: int, header_bytes: int, declared_length: bytes) -> Response | None:
+        if headers > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
+            return error_response(
+                431,
+                "headers_too_large",
+                f"request headers are limited to {MAX_HEADER_BYTES} bytes and {MAX_HEADERS} fields",
+            )
+        limit = self.max_body_bytes
+        # More than 18 digits is too big whatever the limit (and int() of thousands raises).
+        if (
+            limit is not None
+            and declared_length.isdigit()
+            and (len(declared_length) > 18 or int(declared_length) > limit)
+        ):
+            return error_response(413, "payload_too_large", f"the body is over {limit} bytes")
+        return None
+
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised inside the endpoint reading the body: the app's handler answers it.
+                    raise HTTPException(413, f"the body is over {limit} bytes")
+            return message
+
+        return limited_receive
