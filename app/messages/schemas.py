@@ -54,7 +54,7 @@ class SendRequest(BaseModel):
     def _text(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        return v
+        return _storable(v)
 
     @field_validator("sender")
     @classmethod
@@ -68,7 +68,20 @@ class SendRequest(BaseModel):
     def _client_ref(cls, v: str | None) -> str | None:
         if v is not None and not 1 <= len(v) <= 64:
             raise ValueError("must be 1-64 characters")
-        return v
+        return v if v is None else _storable(v)
+
+
+def _storable(v: str) -> str:
+    # JSON may escape what no UTF-8 text holds (a lone surrogate: the send would fail after its
+    # rows were written) and what Postgres refuses in text (NUL: a 500 instead of a 422).
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (it holds an unpaired surrogate)") from None
+    return v
 
 
 class MessageEntry(BaseModel):
