@@ -9,7 +9,7 @@ once `router` exists.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
@@ -62,6 +62,8 @@ def _message_out(m: Message) -> dict[str, Any]:
 
 
 async def _find(session: AsyncSession, ref: str) -> Message | None:
+    if "\x00" in ref:  # no ref holds one, and Postgres cannot even compare it (a 500)
+        return None
     found = await session.scalar(select(Message).where(Message.ref == ref))
     # A provider ref wins over an id: refs are what callers hold; ids are a fallback.
     if found is None and ref.isascii() and ref.isdigit() and len(ref) <= 18:
@@ -137,6 +139,13 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
             "validation_error",
             f"{name}: needs a UTC offset, e.g. 2026-11-24T20:15:00Z (got {value.isoformat()!r})",
         )
+    if value is not None:
+        try:
+            value.astimezone(UTC)  # as the column stores it: 9999-12-31T23:59-23:59 overflows
+        except OverflowError:
+            raise AppError(
+                422, "validation_error", f"{name}: out of range in UTC (got {value.isoformat()!r})"
+            ) from None
     return value
 
 
@@ -182,6 +191,8 @@ async def list_messages(
     ] = None,
 ) -> dict[str, Any]:
     """Messages matching every filter given, newest first, a page at a time."""
+    if client_ref is not None and "\x00" in client_ref:  # Postgres cannot compare it: a 500
+        raise AppError(422, "validation_error", "client_ref: must not contain NUL characters")
     msisdn = None
     if to is not None:
         msisdn, prefixed = normalise_to(to, state.settings.default_region)
