@@ -1,0 +1,108 @@
+"""A TCP proxy in front of Postgres that a test can "stop" and "start" like the database.
+
+The relay (a child process) connects to the proxy's port instead of Postgres. `stop()` does
+what a database shutdown does to its clients: every open connection is cut (pooled ones too,
+so the relay must notice and replace them) and new connections are refused (the listener is
+closed: ECONNREFUSED, as with no server on the port). `start()` listens on the same port again.
+The shared Postgres server itself is never touched: other tests and CI use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from sqlalchemy.engine import make_url
+
+from tests.servers import free_port
+
+
+class PgProxy:
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = free_port()
+        self.accepted = 0  # connections accepted since construction
+        self._server: asyncio.Server | None = None
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def for_url(cls, url: str) -> PgProxy:
+        parsed = make_url(url)
+        return cls(parsed.host or "127.0.0.1", parsed.port or 5432)
+
+    def url(self, url: str) -> str:
+        """`url` (a database URL on the target server) rewritten to go through the proxy."""
+        return (
+            make_url(url)
+            .set(host="127.0.0.1", port=self.port)
+            .render_as_string(hide_password=False)
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._links)
+
+    async def start(self) -> None:
+        if self._server is None:
+            # reuse_address (asyncio's default on POSIX): the port is free again at once.
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        """Refuse new connections and cut every open one (both directions, with a RST)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for client, upstream in list(self._links):
+            client.transport.abort()
+            upstream.transport.abort()
+        self._links.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None:  # stopped between accept and this callback
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        if self._server is None:
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
+        self.accepted += 1
+        link = (writer, up_writer)
+        self._links.add(link)
+        pumps = [
+            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(up_reader, writer)),
+        ]
+        for task in pumps:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # When either side ends, end both: a half-open link would look like a hung database.
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        self._links.discard(link)
+        for side in link:
+            side.close()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
