@@ -356,7 +356,8 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     match = _CURSOR_RE.match(text)
-    if match is None:
+    # 19 digits can still exceed a BIGINT: the database would fail on it (a 500).
+    if match is None or int(match.group(1)) > 2**63 - 1:
         raise AppError(400, "invalid_cursor", "cursor: not a cursor this service issued")
     return int(match.group(1))
 
