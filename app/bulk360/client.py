@@ -220,6 +220,10 @@ class Bulk360Client:
         self._token_lock = asyncio.Lock()
         self._token: _Token | None = None
         self._token_failing = False
+        # Token fetches started, and the failure of the last one: requests that queued on the
+        # lock behind a failed fetch share that failure instead of each fetching in turn.
+        self._token_fetches = 0
+        self._token_error: Bulk360Error | None = None
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle (the HTTP layer: a bench subclass may swap it) -------------------------------
@@ -275,13 +279,25 @@ class Bulk360Client:
         if self._fresh(token, stale):
             assert token is not None
             return token.value
+        fetches = self._token_fetches
         async with self._token_lock:
             # Whoever held the lock before us may have refreshed it already.
             token = self._token
             if self._fresh(token, stale):
                 assert token is not None
                 return token.value
-            self._token = await self._fetch_token()
+            failed = self._token_error
+            if failed is not None and self._token_fetches != fetches:
+                # A fetch failed while we waited: with a hung token endpoint, fetching again
+                # per queued request would make the n-th caller wait n timeouts.
+                raise type(failed)(failed.desc, failed.code)
+            self._token_fetches += 1
+            try:
+                self._token = await self._fetch_token()
+            except Bulk360Error as exc:
+                self._token_error = exc
+                raise
+            self._token_error = None
             return self._token.value
 
     async def _fetch_token(self) -> _Token:
