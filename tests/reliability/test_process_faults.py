@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import asyncpg
@@ -207,20 +209,21 @@ async def test_provider_stopped_then_restarted_sends_nothing_while_down_and_reco
 
 class TokenGate:
     """Bulk360 with a token endpoint that fails on its own: a pass-through to the simulator
-    that answers 503 for `/oauth/token` while `down` (the simulator's token and send endpoints
-    can only fail together)."""
+    whose `/oauth/token` answers 503 (`down`) or never answers (`hung`) while told to (the
+    simulator's token and send endpoints can only fail together)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.down = False
-        self.refused = 0
+        self.token: Literal["up", "down", "hung"] = "up"
+        self.failed = 0  # token requests answered 503 or left hanging
+        self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("POST", "/{path:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -228,14 +231,17 @@ class TokenGate:
         return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def stop(self) -> None:
+        self._release.set()
         if self._http is not None:
             await self._http.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _forward(self, request: web.Request) -> web.Response:
-        if self.down and request.path == TOKEN_PATH:
-            self.refused += 1
+        if request.path == TOKEN_PATH and self.token != "up":
+            self.failed += 1
+            if self.token == "hung":
+                await self._release.wait()
             return web.Response(status=503, text="<html>503 Service Unavailable</html>")
         assert request.path in (TOKEN_PATH, SEND_PATH) and self._http is not None
         headers = {
@@ -261,9 +267,9 @@ async def test_token_endpoint_down_after_expiry_is_a_502_with_nothing_sent(
         ):
             assert (await send(http, relay, ["60123240066"])).status_code == 201
             simulator.expire_tokens()
-            gate.down = True
+            gate.token = "down"
             refused = await send(http, relay, ["60166600267", "60126660125"])
-            gate.down = False
+            gate.token = "up"
             recovered = await send(http, relay, ["60126660127"])
     finally:
         await gate.stop()
@@ -275,7 +281,7 @@ async def test_token_endpoint_down_after_expiry_is_a_502_with_nothing_sent(
     assert recovered.status_code == 201
     # The refused send's one MT attempt was answered 401 (not sent); the token refresh failed;
     # nothing was retried. Then one refresh for the next send.
-    assert gate.refused == 1 and simulator.token_requests == 2
+    assert gate.failed == 1 and simulator.token_requests == 2
     assert simulator.mt_requests == 1 + 1 + 2  # ok, 401, then 401 + retry of the recovery
     assert [s["to"] for s in simulator.sent] == ["60123240066", "60126660127"]
     rows = await message_rows(pg_url)
@@ -317,3 +323,35 @@ async def test_token_expired_mid_flight_is_refreshed_once_and_no_mt_is_sent_twic
         f"{refused_401} upstream requests got 401 and were retried, 1 refresh, "
         f"{len(simulator.sent)} MTs sent for {sends * per_send} recipients"
     )
+
+
+async def test_a_hung_token_endpoint_fails_queued_sends_together_not_one_timeout_each(
+    pg_url: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    timeout_s, sends = 1.0, 6
+    gate = TokenGate(simulator.base_url)
+    gate.token = "hung"
+    env = relay_env(pg_url, await gate.start(), bulk360_timeout_s=timeout_s)
+    try:
+        async with (
+            relay_processes([env], tmp_path) as [relay],
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+
+            async def timed_send(n: int) -> tuple[int, float]:
+                started = time.monotonic()
+                r = await send(http, relay, [f"601234{n:05d}"])
+                return r.status_code, time.monotonic() - started
+
+            answers = await asyncio.gather(*(timed_send(n) for n in range(sends)))
+    finally:
+        await gate.stop()
+
+    assert [status for status, _ in answers] == [502] * sends
+    assert simulator.mt_requests == 0
+    # Sends queued behind one token request that timed out share its failure; they must not
+    # each ask again and wait out the timeout in turn (the last would answer after
+    # sends x BULK360_TIMEOUT_S: minutes, with the default 30 s).
+    slowest = max(elapsed for _, elapsed in answers)
+    assert slowest < 2 * timeout_s + 1.0, f"slowest send answered after {slowest:.1f}s"
+    assert gate.failed <= 2
