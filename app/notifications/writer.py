@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -89,6 +88,22 @@ class DNStoreError(Exception):
 
 _Item = tuple[InboundDN, "asyncio.Future[None]"]
 
+# Batches in flight at once (Postgres): while one commits, the next locks and inserts, so
+# neither the event loop nor the database sits idle waiting for the other.
+PIPELINE = 2
+
+
+class _Turn:
+    """The right to draw ids next; released once, after the INSERT or when the batch ends."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock: asyncio.Lock | None = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
 
 class DNWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
@@ -106,6 +121,9 @@ class DNWriter:
         self._down_until = 0.0
         self.breaker_open_s = BREAKER_OPEN_S
         self._in_flight = 0
+        self._slots = asyncio.Semaphore(PIPELINE if self._postgres else 1)
+        self._turn = asyncio.Lock()
+        self._batches: set[asyncio.Task[None]] = set()
 
     @property
     def queue_depth(self) -> int:
@@ -149,11 +167,13 @@ class DNWriter:
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.append((dn, fut))
         self._wakeup.set()
+        # One timer, not asyncio.wait_for (which adds a future and callbacks per DN). A DN
+        # whose future is done when the writer reaches it is skipped, never stored.
+        timer = loop.call_later(self._ack_timeout, _expire, fut)
         try:
-            await asyncio.wait_for(fut, self._ack_timeout)
-        except TimeoutError:
-            # wait_for cancelled the future: if the writer has not taken it yet, it skips it.
-            raise DNUnavailable("timed out waiting for the database") from None
+            await fut
+        finally:
+            timer.cancel()
 
     # ---- the writer task ------------------------------------------------------------------
 
@@ -172,25 +192,48 @@ class DNWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                await self._slots.acquire()
+                # The next batch starts once the previous one's INSERT has drawn its ids, so
+                # ids follow arrival order across batches too.
+                await self._turn.acquire()
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
                 DN_QUEUE_DEPTH.set(len(self._pending))
-                # Callers that timed out (future cancelled) were answered 503: skip them.
+                # Callers that timed out (future done) were answered 503: skip them.
                 batch = [item for item in batch if not item[1].done()]
-                if batch:
-                    self._in_flight = len(batch)
-                    try:
-                        await self._write(batch)
-                    finally:
-                        self._in_flight = 0
+                if not batch:
+                    self._turn.release()
+                    self._slots.release()
+                    continue
+                self._in_flight += len(batch)
+                task = asyncio.create_task(self._write(batch, _Turn(self._turn)))
+                self._batches.add(task)
+                task.add_done_callback(self._batch_done)
             DN_QUEUE_DEPTH.set(0)
             if self._closing:
-                return
+                await asyncio.gather(*self._batches, return_exceptions=True)
+                if not self._pending:
+                    return
 
-    async def _write(self, batch: list[_Item]) -> None:
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._slots.release()
+
+    async def _write(self, batch: list[_Item], turn: _Turn) -> None:
         try:
-            await self._commit([dn for dn, _ in batch])
+            await self._write_batch(batch, turn)
+        except Exception as exc:  # a bug: answer rather than leave callers waiting
+            log.error("dn_writer_error", error=type(exc).__name__, exc_info=exc)
+            self._fail(batch, DNStoreError(type(exc).__name__))
+        finally:
+            turn.release()
+            self._in_flight -= len(batch)
+
+    async def _write_batch(self, batch: list[_Item], turn: _Turn) -> None:
+        try:
+            await self._commit([dn for dn, _ in batch], turn)
         except Exception as exc:
+            turn.release()
             if is_database_unavailable(exc):
                 self._open_breaker(exc)
                 # Everything queued before the breaker opened would fail the same way.
@@ -201,6 +244,8 @@ class DNWriter:
             )
             await self._write_singly(batch)
             return
+        finally:
+            turn.release()
         self._down_until = 0.0
         DN_BATCH_SIZE.observe(len(batch))
         for _, fut in batch:
@@ -210,7 +255,7 @@ class DNWriter:
     async def _write_singly(self, batch: list[_Item]) -> None:
         for index, (dn, fut) in enumerate(batch):
             try:
-                await self._commit([dn])
+                await self._commit([dn], None)
             except Exception as exc:
                 if is_database_unavailable(exc):
                     self._open_breaker(exc)
@@ -229,19 +274,19 @@ class DNWriter:
             log.warning("dn_database_unavailable", error=type(exc).__name__)
         self._down_until = asyncio.get_running_loop().time() + self.breaker_open_s
 
-    async def _commit(self, dns: list[InboundDN]) -> None:
+    async def _commit(self, dns: list[InboundDN], turn: _Turn | None) -> None:
         if self._postgres:
-            await self._commit_postgres(dns)
+            await self._commit_postgres(dns, turn)
         else:
-            await self._commit_sqlite(dns)
+            await self._commit_sqlite(dns)  # one writer at a time: the turn ends with COMMIT
 
-    async def _commit_postgres(self, dns: list[InboundDN]) -> None:
+    async def _commit_postgres(self, dns: list[InboundDN], turn: _Turn | None) -> None:
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             apg: Any = raw.driver_connection
             try:
                 async with apg.transaction():
-                    await insert_batch_pg(apg, dns)
+                    await insert_batch_pg(apg, dns, turn)
             except BaseException as exc:
                 # SQLAlchemy did not see this error: a dead connection must not go back to
                 # the pool (pre-ping would catch it too, at the cost of a round trip).
@@ -255,13 +300,15 @@ class DNWriter:
             await _insert_sqlite(conn, dns)
 
 
-async def insert_batch_pg(apg: Any, dns: list[InboundDN]) -> None:
+async def insert_batch_pg(apg: Any, dns: list[InboundDN], turn: _Turn | None = None) -> None:
     """Store `dns` (in arrival order) inside the caller's asyncpg transaction."""
     msgids, statuses, codes, descs, msisdns, raws, stamps = zip(*dns, strict=True)
     # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send
     # that held the lock, and a send waiting for the lock sees these DNs once we commit.
     await lock_refs_pg(apg, sorted(set(msgids)))
     matched = await apg.fetch(_INSERT_PG, msgids, statuses, codes, descs, msisdns, raws, stamps)
+    if turn is not None:
+        turn.release()  # ids drawn: the next batch may start while this one commits
     if matched:
         await refresh_messages_pg(apg, [row[0] for row in matched])
 
@@ -293,6 +340,6 @@ async def _insert_sqlite(conn: AsyncConnection, dns: list[InboundDN]) -> None:
     await refresh_messages(conn, matched)
 
 
-def now_ts() -> float:
-    """The receipt time the hook stamps on a DN (float seconds: cheap to take and to send)."""
-    return time.time()
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(DNUnavailable("timed out waiting for the database"))
