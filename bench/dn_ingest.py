@@ -1,0 +1,572 @@
+"""DN ingestion benchmark (run by hand): the real relay process against Postgres, driven by wrk.
+
+    .venv/bin/python bench/dn_ingest.py                      # 20,000 DNs at concurrency 256
+    .venv/bin/python bench/dn_ingest.py -n 100000 --skip-baselines   # RSS growth over 100k DNs
+    .venv/bin/python bench/dn_ingest.py --profile 10         # + py-spy on the relay (needs py-spy)
+
+What it does, in one run:
+1. creates a throw-away database on BENCH_DATABASE_URL's server (default
+   postgresql+asyncpg://postgres@127.0.0.1:5432/postgres), migrates it, and seeds messages whose
+   refs the DNs will name (plus ~10% DNs for msgids that match nothing);
+2. starts `bulk360-relay serve` (1 worker, uvloop, httptools, LOG_FORMAT=json, LOG_LEVEL=INFO,
+   logs to a file) and drives N DNs with wrk + a Lua script at concurrency C: a third each as
+   GET query / POST urlencoded / POST JSON, ~20% duplicates, out-of-order pairs
+   (DELIVERED then UNDELIVERED). wrk counts the 200s itself (the hook answers exactly "OK");
+3. verifies: 200s == stored rows; every message carries its last received DN (highest seq),
+   with the right dn_count; no DN naming a known ref left unmatched;
+4. measures two plain-Starlette baselines (bench/baselines.py) under the same uvicorn settings
+   with the same wrk: hello-world, and one INSERT + COMMIT per request (asyncpg pool);
+5. prints DN/s, p50/p99, the ratios relay/naive (target >= 2x) and relay/hello (>= 0.5x), and
+   the relay's RSS before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlencode
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.migrate import upgrade  # noqa: E402
+
+TOKEN = "bench-dn-token"
+WRK_LUA = r"""
+local threads, counter = {}, 0
+function setup(thread)
+  thread:set("tid", counter)
+  thread:set("nthreads", NTHREADS)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  dofile(PLAN_PATH)
+  reqs = {}
+  for i = tid + 1, #plan, nthreads do
+    local p = plan[i]
+    local headers = {}
+    if p[3] ~= "" then headers["Content-Type"] = p[3] end
+    local body = nil
+    if p[4] ~= "" then body = p[4] end
+    table.insert(reqs, wrk.format(p[1], p[2], headers, body))
+  end
+  idx, answered, ok, s400, s503, s5xx, sother = 0, 0, 0, 0, 0, 0, 0
+  sentinel = wrk.format("GET", "/healthz")
+end
+function request()
+  if not verified then  -- wrk calls request() once to check it parses: not a DN
+    verified = true
+    return sentinel
+  end
+  idx = idx + 1
+  if idx <= #reqs then return reqs[idx] end
+  return sentinel  -- keeps connections busy until the last DN answer is in
+end
+function response(status, headers, body)
+  if body == '{"status":"ok"}' then return end
+  answered = answered + 1
+  if status == 200 and body == "OK" then ok = ok + 1
+  elseif status == 503 then s503 = s503 + 1
+  elseif status >= 500 then s5xx = s5xx + 1
+  elseif status >= 400 and status < 500 then s400 = s400 + 1
+  else sother = sother + 1 end
+  if answered >= #reqs then wrk.thread:stop() end
+end
+function done(summary, latency, requests)
+  local t = {ok=0, s400=0, s503=0, s5xx=0, sother=0}
+  for _, th in ipairs(threads) do
+    for k, _ in pairs(t) do t[k] = t[k] + th:get(k) end
+  end
+  io.write(string.format(
+    'WRKJSON {"ok":%d,"s400":%d,"s503":%d,"s5xx":%d,"other":%d,"p50_ms":%.3f,"p99_ms":%.3f,' ..
+    '"requests":%d,"duration_s":%.3f,"socket_errors":%d}\n',
+    t.ok, t.s400, t.s503, t.s5xx, t.sother, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+BASELINE_LUA = r"""
+function init(args)
+  dofile(PLAN_PATH)
+  idx = 0
+end
+function request()
+  idx = idx % #plan + 1
+  return wrk.format("GET", plan[idx])
+end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_s":%.3f,"p50_ms":%.3f,"p99_ms":%.3f,"non2xx":%d,' ..
+    '"socket_errors":%d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, summary.errors.status, errors))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lua_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def build_plan(
+    n: int, seed: int = 7
+) -> tuple[list[tuple[str, str, str, str]], list[str], dict[str, str]]:
+    """N DN requests; returns (plan, refs to seed as messages, last status sent per msgid)."""
+    rng = random.Random(seed)
+    n_msgids = max(1, n // 3)
+    refs = [f"bench-{i:07d}" for i in range(n_msgids)]
+    orphans = [f"orphan-{i:07d}" for i in range(max(1, n_msgids // 10))]
+    fields: list[dict[str, str]] = []
+    while len(fields) < n:
+        msgid = rng.choice(refs) if rng.random() < 0.9 else rng.choice(orphans)
+        roll = rng.random()
+        if roll < 0.2 and fields:  # a duplicate of an earlier DN
+            fields.append(dict(rng.choice(fields)))
+        elif roll < 0.3:  # out of order: DELIVERED, then UNDELIVERED for the same msgid
+            fields.append({"msgid": msgid, "status": "DELIVERED", "error-code": "000"})
+            fields.append({"msgid": msgid, "status": "UNDELIVERED", "error-code": "501"})
+        else:
+            ok = rng.random() < 0.8
+            fields.append(
+                {
+                    "msgid": msgid,
+                    "status": "DELIVERED" if ok else "UNDELIVERED",
+                    "error-code": "0" if ok else rng.choice(["50", "501", "512", "999"]),
+                    "msisdn": "6012" + str(rng.randrange(10**7, 10**8)),
+                }
+            )
+    fields = fields[:n]
+    plan = []
+    for i, f in enumerate(fields):
+        form = i % 3
+        if form == 0:
+            plan.append(("GET", f"/dn/{TOKEN}?{urlencode(f)}", "", ""))
+        elif form == 1:
+            plan.append(("POST", f"/dn/{TOKEN}", "application/x-www-form-urlencoded", urlencode(f)))
+        else:
+            plan.append(("POST", f"/dn/{TOKEN}", "application/json", json.dumps(f)))
+    last = {f["msgid"]: f["status"] for f in fields}
+    return plan, refs, last
+
+
+def write_lua(tmp: Path, name: str, template: str, entries: list[str], **consts: object) -> Path:
+    plan_path = tmp / f"{name}_plan.lua"
+    plan_path.write_text("plan = {\n" + ",\n".join(entries) + "\n}\n")
+    head = "".join(f"{k} = {v}\n" for k, v in consts.items())
+    script = tmp / f"{name}.lua"
+    script.write_text(f"PLAN_PATH = {lua_str(str(plan_path))}\n{head}{template}")
+    return script
+
+
+def wrk_json(output: str) -> dict[str, float]:
+    for line in output.splitlines():
+        if line.startswith("WRKJSON "):
+            return dict(json.loads(line.removeprefix("WRKJSON ")))
+    raise RuntimeError(f"wrk printed no result:\n{output[-2000:]}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process: unlike req/s, barely moved by other load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def dn_answers(base: str) -> float:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(m) for m in re.findall(r'^relay_dn_total\{outcome="\w+"\} ([0-9.e+]+)$', text, re.M)
+    )
+
+
+def run_relay(
+    args: argparse.Namespace, db_url: str, tmp: Path, plan: list[tuple[str, str, str, str]]
+) -> dict[str, float]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "BULK360_MODE": "live",
+        "BULK360_BASE_URL": "http://127.0.0.1:9",  # never called: this run only ingests DNs
+        "BULK360_APP_KEY": "bench",
+        "BULK360_APP_SECRET": "bench",
+        "API_KEYS": "bench:" + "0" * 64,
+        "DN_HOOK_TOKEN": TOKEN,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PUBLIC_BASE_URL": base,
+        **({"DN_BATCH_MAX": str(args.batch_max)} if args.batch_max else {}),
+    }
+    log_path = tmp / "relay.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_http(f"{base}/healthz", proc)
+        rss_before = rss_mb(proc.pid)
+        entries = ["{" + ", ".join(lua_str(x) for x in p) + "}" for p in plan]
+        script = write_lua(tmp, "relay", WRK_LUA, entries, NTHREADS=args.threads)
+        profiler = None
+        if args.profile:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            profiler = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--duration",
+                    str(args.profile),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-o",
+                    str(tmp / "profile.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        started, cpu_before = time.monotonic(), cpu_s(proc.pid)
+        wrk = subprocess.Popen(
+            [
+                "wrk",
+                "-t",
+                str(args.threads),
+                "-c",
+                str(args.concurrency),
+                "-d",
+                "600s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                base,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        # Until every DN is answered, or answers stop coming (a request wrk never sent).
+        seen, last_change = 0.0, time.monotonic()
+        while wrk.poll() is None:
+            answers = dn_answers(base)
+            if answers != seen:
+                seen, last_change = answers, time.monotonic()
+            if answers >= len(plan) or time.monotonic() - last_change > 3:
+                break
+            time.sleep(0.1)
+        elapsed = last_change - started
+        time.sleep(0.3)  # the last answers are on their way to wrk
+        if wrk.poll() is None:
+            wrk.send_signal(signal.SIGINT)
+        out, _ = wrk.communicate(timeout=60)
+        result = wrk_json(out)
+        if profiler is not None:
+            profiler.wait(timeout=args.profile + 30)
+            result["profile"] = str(tmp / "profile.txt")  # type: ignore[assignment]
+        result["cpu_ms_per_dn"] = 1000 * (cpu_s(proc.pid) - cpu_before) / len(plan)
+        result["elapsed_s"] = elapsed
+        result["rss_before_mb"] = rss_before
+        result["rss_after_mb"] = rss_mb(proc.pid)
+        return result
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if args.keep_log:
+            shutil.copy(log_path, args.keep_log)
+
+
+def run_baseline(
+    args: argparse.Namespace, app: str, tmp: Path, paths: list[str], dsn: str
+) -> dict[str, float]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(ROOT / "bench"),
+            f"baselines:{app}",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "BENCH_PG_DSN": dsn},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"{base}/healthz", proc)
+        script = write_lua(tmp, app, BASELINE_LUA, [lua_str(p) for p in paths])
+        cpu_before = cpu_s(proc.pid)
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(args.threads),
+                "-c",
+                str(args.concurrency),
+                "-d",
+                f"{args.baseline_s}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        result = wrk_json(out)
+        result["cpu_ms_per_req"] = 1000 * (cpu_s(proc.pid) - cpu_before) / result["requests"]
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def verify(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM delivery_notifications")
+        wrong = await conn.fetchval(
+            """
+            SELECT count(*) FROM messages m
+            JOIN LATERAL (SELECT * FROM delivery_notifications d WHERE d.message_id = m.id
+                          ORDER BY d.id DESC LIMIT 1) d ON true
+            WHERE m.last_dn_seq <> d.id
+               OR m.delivery_status IS DISTINCT FROM d.status
+               OR m.error_code IS DISTINCT FROM d.error_code
+               OR m.status <> lower(d.status)
+               OR m.dn_count <> (SELECT count(*) FROM delivery_notifications x
+                                 WHERE x.message_id = m.id)
+            """
+        )
+        unattached = await conn.fetchval(
+            "SELECT count(*) FROM delivery_notifications d JOIN messages m ON m.ref = d.msgid "
+            "WHERE d.message_id IS DISTINCT FROM m.id"
+        )
+        span = await conn.fetchval(
+            "SELECT extract(epoch FROM max(received_at) - min(received_at))"
+            " FROM delivery_notifications"
+        )
+        return {
+            "rows": rows,
+            "wrong_messages": wrong,
+            "unattached": unattached,
+            "span_s": float(span or 0),
+        }
+    finally:
+        await conn.close()
+
+
+def top_of_profile(path: str, n: int = 15) -> str:
+    """Self and inclusive sample counts per function from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r" \(/.*?site-packages/", " (", f) for f in stack.split(";")]
+        samples = int(count)
+        total += samples
+        own[frames[-1]] += samples
+        for f in set(frames):
+            incl[f] += samples
+    out = [f"py-spy: {total} samples", "  self %  function"]
+    out += [f"  {100 * c / total:5.1f}  {f}" for f, c in own.most_common(n)]
+    out += ["  incl %  function (app code and libraries)"]
+    out += [f"  {100 * c / total:5.1f}  {f}" for f, c in incl.most_common(60) if "(<" not in f][:n]
+    return "\n".join(out)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", "--dns", type=int, default=20_000)
+    parser.add_argument("-c", "--concurrency", type=int, default=256)
+    parser.add_argument("-t", "--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--baseline-s", type=int, default=10, help="seconds per baseline run")
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, help="py-spy the relay for N seconds")
+    parser.add_argument("--batch-max", type=int, default=0, help="DN_BATCH_MAX for the relay")
+    parser.add_argument("--keep-log", help="copy the relay's log here")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get update && apt-get install -y wrk")
+
+    server = make_url(
+        os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+        )
+    )
+    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"relay_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    db_url = server.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+        hide_password=False
+    )
+    dsn = server.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    try:
+        await asyncio.to_thread(upgrade, db_url)
+        plan, refs, _last = build_plan(args.dns)
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(
+            "INSERT INTO messages (send_id, api_key_name, channel, msisdn, ref, status, dn_count,"
+            " created_at, updated_at) SELECT 'bench', 'bench', 'sms', '60123240066', r, 'pending',"
+            " 0, now(), now() FROM unnest($1::text[]) AS r",
+            refs,
+        )
+        await conn.close()
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            relay = await asyncio.to_thread(run_relay, args, db_url, tmp, plan)
+            checks = await verify(dsn)
+            profile = top_of_profile(str(relay["profile"])) if args.profile else ""
+            baselines: dict[str, dict[str, float]] = {}
+            if not args.skip_baselines:
+                paths = [
+                    p[1] if p[0] == "GET" else f"{p[1]}?{p[3]}"
+                    for p in plan
+                    if p[2] != "application/json"
+                ]
+                for app in ("hello_app", "naive_app"):
+                    baselines[app] = await asyncio.to_thread(
+                        run_baseline, args, app, tmp, paths, dsn
+                    )
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    n = args.dns
+    dn_per_s = n / checks["span_s"] if checks["span_s"] else float("nan")
+    print(f"relay: {n} DNs at concurrency {args.concurrency} (wrk -t{args.threads})")
+    print(
+        f"  answers: 200={relay['ok']:.0f} 4xx={relay['s400']:.0f} 503={relay['s503']:.0f} "
+        f"5xx={relay['s5xx']:.0f} socket errors={relay['socket_errors']:.0f}"
+    )
+    print(
+        f"  DN/s: {dn_per_s:,.0f} (first to last receipt, server side); "
+        f"{n / relay['elapsed_s']:,.0f} (wall clock incl. start-up of wrk)"
+    )
+    print(
+        f"  latency p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms; "
+        f"relay CPU {relay['cpu_ms_per_dn']:.3f} ms per DN"
+    )
+    print(
+        f"  RSS before {relay['rss_before_mb']:.1f} MB, after {relay['rss_after_mb']:.1f} MB "
+        f"(+{relay['rss_after_mb'] - relay['rss_before_mb']:.1f} MB)"
+    )
+    ok = (
+        relay["ok"] == checks["rows"]
+        and checks["wrong_messages"] == 0
+        and checks["unattached"] == 0
+    )
+    print(
+        f"  check: 200s {relay['ok']:.0f} == stored rows {checks['rows']}: "
+        f"{relay['ok'] == checks['rows']}; "
+        f"messages not on their last DN: {checks['wrong_messages']}; "
+        f"DNs not attached to their message: {checks['unattached']} -> {'OK' if ok else 'FAILED'}"
+    )
+    for app, r in baselines.items():
+        rps = r["requests"] / r["duration_s"]
+        print(
+            f"{app}: {rps:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+            f"non-2xx {r['non2xx']:.0f}, CPU {r['cpu_ms_per_req']:.3f} ms per request"
+        )
+    if baselines:
+        hello = baselines["hello_app"]["requests"] / baselines["hello_app"]["duration_s"]
+        naive = baselines["naive_app"]["requests"] / baselines["naive_app"]["duration_s"]
+        print(
+            f"ratios: relay/naive = {dn_per_s / naive:.2f}x (target >= 2), "
+            f"relay/hello = {dn_per_s / hello:.2f}x (target >= 0.5)"
+        )
+        cpu = relay["cpu_ms_per_dn"]
+        print(
+            f"CPU-based (what one core could do, robust to other load on the machine): relay "
+            f"{1000 / cpu:,.0f} DN/s, hello {1000 / baselines['hello_app']['cpu_ms_per_req']:,.0f} "
+            f"req/s, naive {1000 / baselines['naive_app']['cpu_ms_per_req']:,.0f} req/s (Python "
+            f"side only; the naive baseline's limit is the COMMIT per request, not its CPU)"
+        )
+    if profile:
+        print(profile)
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
