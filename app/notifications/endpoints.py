@@ -313,8 +313,7 @@ class DNHookRoute(RawRequestRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "POST"):
-            await super().handle(scope, receive, send)  # 405 with Allow, as FastAPI answers
-            return
+            raise StarletteHTTPException(405, headers={"Allow": "GET, POST"})
         answer = await _receive_dn(scope, receive)
         if answer is not None:
             await answer(scope, receive, send)
@@ -327,18 +326,24 @@ class DNHookRoute(RawRequestRoute):
 hook_router = APIRouter(tags=["delivery notifications"], route_class=DNHookRoute)
 
 
-@hook_router.api_route(
-    "/dn/{token}",
-    methods=["GET", "POST"],
-    summary="Delivery notification hook (called by Bulk360)",
-    openapi_extra=_OPENAPI_HOOK,
-    responses=error_responses(),  # registers ErrorBody in the components
-)
 async def dn_hook(request: Request) -> Response:
     """Store one DN (`status`, `error-code`, `msisdn`, `msgid`) from a query string, form or
     JSON object; 200 only after it is committed."""
     answer = await _receive_dn(request.scope, request.receive)
     return PlainTextResponse("OK") if answer is None else answer
+
+
+# One route per method, so each has its own OpenAPI operation id.
+for _method in ("GET", "POST"):
+    hook_router.add_api_route(
+        "/dn/{token}",
+        dn_hook,
+        methods=[_method],
+        operation_id=f"dn_hook_{_method.lower()}",
+        summary="Delivery notification hook (called by Bulk360)",
+        openapi_extra=_OPENAPI_HOOK,
+        responses=error_responses(),  # registers ErrorBody in the components
+    )
 
 
 # ---- the listing --------------------------------------------------------------------------

@@ -298,3 +298,34 @@ async def test_dn_before_message_is_attached_when_the_ref_is_recorded(
     assert (msg["status"], msg["error_code"], msg["dn_count"]) == ("undelivered", "502", 1)
     [row] = await dns(engine, "early")
     assert row["message_id"] == message_id
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"method": "GET", "url": HOOK + "?msgid=%FF&status=DELIVERED"},
+        {
+            "method": "POST",
+            "url": HOOK,
+            "content": b"msgid=\xff&status=DELIVERED",
+            "headers": {"content-type": "application/x-www-form-urlencoded"},
+        },
+    ],
+)
+async def test_invalid_utf8_is_400_not_stored_as_mojibake(
+    relay: Relay, engine: AsyncEngine, request_kwargs: dict[str, object]
+) -> None:
+    response = await relay.client.request(**request_kwargs)  # type: ignore[arg-type]
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_encoding"
+    assert await dns(engine) == []
+
+
+async def test_other_methods_are_405_and_the_hook_is_documented(relay: Relay) -> None:
+    put = await relay.client.put(HOOK, data=DN)
+    schema = (await relay.client.get("/openapi.json")).json()
+
+    assert put.status_code == 405
+    assert set(put.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert {"get", "post"} <= set(schema["paths"]["/dn/{token}"])
