@@ -1,6 +1,7 @@
 """Send benchmark: what the relay adds on top of talking to Bulk360 directly.
 
     .venv/bin/python bench/send.py [--requests 3000] [--concurrency 64] [--httpx]
+                                   [--workers 1] [--profile DIR]
 
 Starts the simulator in its own process (answers at once, no DNs) and the relay as
 `bulk360-relay serve` (uvicorn, uvloop/httptools, BULK360_MODE=live, JSON logs to a file,
@@ -15,6 +16,20 @@ once at `--concurrency` (throughput; latency then includes queueing). It reports
 both, the relay's overhead (relay minus direct) and the throughput ratio, plus the load
 client's own CPU time so one can see whether the client was the bottleneck.
 
+Also in the same run, a database ceiling: a bare asyncpg loop doing what the relay must do
+durably per one-recipient send (INSERT + COMMIT, then UPDATE + COMMIT), at `--concurrency`,
+from this process, with no HTTP at all. Relay throughput cannot exceed it.
+
+`--profile DIR` samples the relay with py-spy (`.venv/bin/pip install py-spy`) during the
+concurrent relay phase and prints the top functions by own and by total time (raw stacks are
+kept in DIR). The sampler costs the relay some CPU: profile and measure in separate runs.
+
+`--workers N` runs uvicorn with N workers (the ratio targets are for 1: this 2-core machine
+also runs the simulator and the load client).
+
+The relay runs with the product defaults (BULK360_MAX_CONCURRENCY 8, DB_POOL_SIZE 10) unless
+`--upstream-concurrency` / `--pool-size` say otherwise, to check neither is the limiter.
+
 `--httpx` runs the relay with the httpx variant of the upstream client (bench/httpx_client.py)
 instead of aiohttp, for comparison; the product always uses aiohttp.
 """
@@ -23,8 +38,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import os
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -133,6 +152,123 @@ async def run_phase(call: Call, requests: int, concurrency: int) -> dict[str, fl
     }
 
 
+async def db_ceiling(dsn: str, requests: int, concurrency: int) -> dict[str, float]:
+    """The durable minimum per one-recipient send, with no HTTP: INSERT+COMMIT, UPDATE+COMMIT."""
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def one(n: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            mid = await conn.fetchval(
+                "INSERT INTO messages (send_id, api_key_name, channel, msisdn, status,"
+                " created_at, updated_at) VALUES ($1, 'bench', 'sms', $2, 'unknown',"
+                " now(), now()) RETURNING id",
+                str(uuid.uuid4()),
+                msisdn(n),
+            )
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE messages SET status = 'pending', ref = $2, submitted_at = now(),"
+                " updated_at = now() WHERE id = $1",
+                mid,
+                f"ceiling-{n}",
+            )
+
+    async def worker() -> None:
+        for n in counter:
+            started = time.perf_counter()
+            await one(n)
+            latencies.append(time.perf_counter() - started)
+
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    finally:
+        await pool.close()
+    latencies.sort()
+    return {
+        "rps": requests / wall,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "client_cpu": float("nan"),
+    }
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by `pid` and its children (uvicorn workers), from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found: .venv/bin/pip install py-spy", file=sys.stderr)
+        return None
+    # --subprocesses: with --workers > 1 the app runs in uvicorn's children.
+    return subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "-p",
+            str(pid),
+            "--subprocesses",
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarise_profile(raw: Path, top: int = 25) -> None:
+    """Print the hottest functions from py-spy's collapsed stacks: own time and total time."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in f
+            else f
+            for f in stack.split(";")
+        ]
+        own[frames[-1]] += n
+        for f in set(frames):
+            total[f] += n
+    if not samples:
+        print("profile: no samples")
+        return
+    print(f"profile: {samples} samples ({raw})")
+    print("  own time:")
+    for f, n in own.most_common(top):
+        print(f"    {n / samples:6.1%}  {f}")
+    print("  total time (function and what it calls):")
+    for f, n in total.most_common(top + 15):
+        print(f"    {n / samples:6.1%}  {f}")
+
+
 def msisdn(n: int) -> str:
     return f"6012{n % 10_000_000:07d}"
 
@@ -142,6 +278,10 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--httpx", action="store_true", help="relay upstream via httpx")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for the relay")
+    parser.add_argument("--pool-size", type=int, help="DB_POOL_SIZE for the relay")
+    parser.add_argument("--upstream-concurrency", type=int, help="BULK360_MAX_CONCURRENCY")
+    parser.add_argument("--profile", type=Path, help="py-spy the relay's concurrent phase")
     args = parser.parse_args()
 
     base = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres")
@@ -164,8 +304,15 @@ async def main() -> None:
         "DN_HOOK_TOKEN": "bench-dn-token",
         "LOG_FORMAT": "json",
     }
+    if args.pool_size:
+        relay_env["DB_POOL_SIZE"] = str(args.pool_size)
+    if args.upstream_concurrency:
+        relay_env["BULK360_MAX_CONCURRENCY"] = str(args.upstream_concurrency)
     relay_args = ["-m", "app.cli", "serve", "--port", str(relay_port)]
+    relay_args += ["--workers", str(args.workers)]
     if args.httpx:
+        if args.workers != 1:
+            parser.error("--httpx runs one worker")
         relay_args = [str(ROOT / "bench" / "httpx_client.py"), "--port", str(relay_port)]
     relay = spawn(relay_args, relay_env, logs / "relay.log")
     try:
@@ -206,9 +353,26 @@ async def main() -> None:
 
         results: dict[tuple[str, int], dict[str, float]] = {}
         serial = min(args.requests, 1000)
+        profile_raw: Path | None = None
         for conc, count in ((1, serial), (args.concurrency, args.requests)):
             results["direct", conc] = await run_phase(direct, count, conc)
+            profiler = None
+            if args.profile and conc > 1:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                profile_raw = args.profile / f"relay-c{conc}-{int(time.time())}.txt"
+                profiler = start_profiler(relay.pid, profile_raw)
+            cpu0 = process_cpu(relay.pid)
             results["relay", conc] = await run_phase(via_relay, count, conc)
+            # The warm-up requests count too: CPU per request over count + warm-up.
+            used = process_cpu(relay.pid) - cpu0
+            results["relay", conc]["server_cpu_ms"] = used * 1000 / (count + min(200, count))
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
+        ceiling_dsn = make_url(db).set(drivername="postgresql")
+        results["db-ceiling", args.concurrency] = await db_ceiling(
+            ceiling_dsn.render_as_string(hide_password=False), args.requests, args.concurrency
+        )
     finally:
         for proc in (relay, sim):
             proc.terminate()
@@ -216,7 +380,11 @@ async def main() -> None:
         await drop_database(admin_dsn, db)
 
     client = "httpx" if args.httpx else "aiohttp"
-    print(f"send benchmark: relay (uvicorn, Postgres, upstream client {client}) vs direct")
+    print(
+        f"send benchmark: relay (uvicorn x{args.workers}, Postgres, upstream client {client},"
+        f" DB_POOL_SIZE {args.pool_size or 'default'}, BULK360_MAX_CONCURRENCY"
+        f" {args.upstream_concurrency or 'default'}) vs direct"
+    )
     print(f"{'':10}{'conc':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'load-client CPU':>18}")
     for (name, conc), r in results.items():
         print(
@@ -227,8 +395,18 @@ async def main() -> None:
         d, rl = results["direct", conc], results["relay", conc]
         print(
             f"concurrency {conc}: relay overhead p50 {rl['p50'] - d['p50']:.2f} ms, "
-            f"p99 {rl['p99'] - d['p99']:.2f} ms; throughput ratio {rl['rps'] / d['rps']:.2f}"
+            f"p99 {rl['p99'] - d['p99']:.2f} ms; throughput ratio {rl['rps'] / d['rps']:.2f};"
+            f" relay CPU {rl['server_cpu_ms']:.2f} ms per send"
         )
+    ceiling = results["db-ceiling", args.concurrency]
+    direct_rps = results["direct", args.concurrency]["rps"]
+    print(
+        f"database ceiling (bare asyncpg INSERT+COMMIT, UPDATE+COMMIT, c={args.concurrency}):"
+        f" {ceiling['rps']:.0f}/s = {ceiling['rps'] / direct_rps:.2f} x direct; relay reached"
+        f" {results['relay', args.concurrency]['rps'] / ceiling['rps']:.2f} of it"
+    )
+    if profile_raw is not None and profile_raw.exists():
+        summarise_profile(profile_raw)
     print(f"logs: {logs}")
 
 
