@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
@@ -100,6 +99,6 @@ async def send_messages(
     )
 
 
-# The lookup routes live in their own module and register on `router`.
-with contextlib.suppress(ImportError):
-    from app.messages import lookup as _lookup  # noqa: F401  (registers the lookup routes)
+# The lookup routes live in their own module and register on `router` (imported last: it
+# imports `router` from here).
+from app.messages import lookup as _lookup  # noqa: E402, F401
