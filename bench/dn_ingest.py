@@ -59,7 +59,11 @@ function setup(thread)
   table.insert(threads, thread)
 end
 function init(args)
-  dofile(PLAN_PATH)
+  local plan = {}
+  for line in io.lines(PLAN_PATH) do  -- method, path, content type, body: tab-separated
+    local m, p, c, b = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    table.insert(plan, {m, p, c, b})
+  end
   reqs = {}
   for i = tid + 1, #plan, nthreads do
     local p = plan[i]
@@ -107,7 +111,8 @@ end
 
 BASELINE_LUA = r"""
 function init(args)
-  dofile(PLAN_PATH)
+  plan = {}
+  for line in io.lines(PLAN_PATH) do table.insert(plan, line) end
   idx = 0
 end
 function request()
@@ -178,7 +183,7 @@ def build_plan(
 
 def write_lua(tmp: Path, name: str, template: str, entries: list[str], **consts: object) -> Path:
     plan_path = tmp / f"{name}_plan.lua"
-    plan_path.write_text("plan = {\n" + ",\n".join(entries) + "\n}\n")
+    plan_path.write_text("".join(e + "\n" for e in entries))
     head = "".join(f"{k} = {v}\n" for k, v in consts.items())
     script = tmp / f"{name}.lua"
     script.write_text(f"PLAN_PATH = {lua_str(str(plan_path))}\n{head}{template}")
@@ -258,7 +263,7 @@ def run_relay(
     try:
         wait_http(f"{base}/healthz", proc)
         rss_before = rss_mb(proc.pid)
-        entries = ["{" + ", ".join(lua_str(x) for x in p) + "}" for p in plan]
+        entries = ["\t".join(p) for p in plan]
         script = write_lua(tmp, "relay", WRK_LUA, entries, NTHREADS=args.threads)
         profiler = None
         if args.profile:
@@ -366,7 +371,7 @@ def run_baseline(
     )
     try:
         wait_http(f"{base}/healthz", proc)
-        script = write_lua(tmp, app, BASELINE_LUA, [lua_str(p) for p in paths])
+        script = write_lua(tmp, app, BASELINE_LUA, paths)
         cpu_before = cpu_s(proc.pid)
         out = subprocess.run(
             [

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.main import create_app
 from app.models import Message
+from app.notifications.endpoints import _BadDN, _urlencoded_fields
 from app.notifications.service import attach_dns, lock_refs
 from tests.conftest import DN_TOKEN, Relay, relay_settings
 from tests.notifications.helpers import add_message, dns, message
@@ -329,3 +333,17 @@ async def test_other_methods_are_405_and_the_hook_is_documented(relay: Relay) ->
     assert put.status_code == 405
     assert set(put.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
     assert {"get", "post"} <= set(schema["paths"]["/dn/{token}"])
+
+
+@given(st.text(alphabet="ab=&%+2F0é", max_size=30))
+def test_query_fast_path_reads_what_parse_qsl_reads(query: str) -> None:
+    try:
+        expected: object = dict(parse_qsl(query, keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        expected = "invalid_encoding"
+    try:
+        got: object = _urlencoded_fields(query.encode(), "query string")
+    except _BadDN as exc:
+        got = exc.code
+
+    assert got == expected
