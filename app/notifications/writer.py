@@ -21,9 +21,16 @@ Failures:
 - a batch failing for another reason is retried one DN per transaction, so one bad row cannot
   fail its neighbours; a DN that fails alone raises `DNStoreError`.
 
-Postgres goes through asyncpg directly (on a connection checked out of SQLAlchemy's pool, so
-`pool_pre_ping` replaces connections killed by a database restart); SQLite uses SQLAlchemy
-Core in the same shape (one writer, BEGIN IMMEDIATE: correctness over speed).
+Two batches may be in flight (Postgres): the next one starts once the previous one's INSERT
+has drawn its ids, so ids still follow arrival order, and DNs for the same msgid still
+serialise on the advisory lock. (A batch retried row by row after a non-database failure is
+the exception: those rows get ids after DNs that arrived later.)
+
+Postgres goes through asyncpg directly, on a connection checked out of SQLAlchemy's pool per
+batch rather than one held for ever: measured, the checkout with `pool_pre_ping` costs ~0.25 ms
+per batch (~2 us per DN at the batch sizes seen under load), and buys the pool's replacement of
+connections killed by a database restart. SQLite uses SQLAlchemy Core in the same shape (one
+writer, BEGIN IMMEDIATE: correctness over speed).
 """
 
 from __future__ import annotations
