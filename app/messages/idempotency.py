@@ -11,6 +11,10 @@ The final response is stored in the transaction that records the provider's answ
 transaction fails, the key stays "in flight" until it expires: a retry gets 409 rather than a
 second send, since the provider may have acted.
 
+On Postgres the send path claims the key in the same single statement that inserts the rows
+(`CLAIM_CTE_PG`, one round trip, committed on its own); an expired claim of the key is
+replaced there by the upsert's `WHERE`, so no separate delete is needed.
+
 The body hash is over the normalised request (recipients after normalisation, text, from,
 client_ref, detail), so `+60 12-324 0066` and `60123240066` are the same request.
 """
@@ -64,11 +68,62 @@ def request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+# Prefix of the send path's row INSERT on Postgres. Parameters: $2 api key name, $5 now,
+# $10 key, $11 body hash, $12 expires_at. The INSERT that follows adds
+# `WHERE EXISTS (SELECT 1 FROM claim)`: no claim, no rows. A claim still in flight in another
+# transaction makes this wait for that commit, as the plain insert does.
+CLAIM_CTE_PG = """
+WITH claim AS (
+    INSERT INTO idempotency_keys (api_key_name, key, request_hash, created_at, expires_at)
+    VALUES ($2, $10, $11, $5, $12)
+    ON CONFLICT (api_key_name, key) DO UPDATE SET
+        request_hash = excluded.request_hash, response_status = NULL, response_body = NULL,
+        created_at = excluded.created_at, expires_at = excluded.expires_at
+    WHERE idempotency_keys.expires_at <= excluded.created_at
+    RETURNING 1
+)
+"""
+_LOOKUP_PG = (
+    "SELECT request_hash, response_status, response_body, created_at FROM idempotency_keys "
+    "WHERE api_key_name = $1 AND key = $2"
+)
+_PURGE_PG = "DELETE FROM idempotency_keys WHERE expires_at <= $1"
+
+
+def _classify(row: Any, body_hash: str, now: datetime) -> Replay | InFlight | Mismatch:
+    """What an existing claim (not ours) means for this request."""
+    if row is None:
+        # Deleted (expired) between our insert and select: treat as in flight, the caller
+        # may retry; never send twice on a guess.
+        return InFlight(now)
+    if row[0] != body_hash:
+        return Mismatch()
+    if row[1] is None or row[2] is None:
+        return InFlight(row[3])
+    return Replay(row[1], row[2].encode())
+
+
 class IdempotencyStore:
     """Per process only the time of the last bulk purge; everything else is in the database."""
 
     def __init__(self) -> None:
         self._last_purge = float("-inf")
+
+    # -- Postgres, raw asyncpg (the send path's fast path) ----------------------------------------
+
+    async def purge_pg(self, apg: Any, now: datetime) -> None:
+        """The once-a-minute bulk purge, as its own autocommitted statement."""
+        if self._purge_due():
+            await apg.execute(_PURGE_PG, now)
+
+    async def existing_pg(
+        self, apg: Any, *, api_key_name: str, key: str, body_hash: str, now: datetime
+    ) -> Replay | InFlight | Mismatch:
+        """After `CLAIM_CTE_PG` claimed nothing: what the existing claim says."""
+        row = await apg.fetchrow(_LOOKUP_PG, api_key_name, key)
+        return _classify(row, body_hash, now)
+
+    # -- any database, through the session ---------------------------------------------------------
 
     async def claim(
         self, session: AsyncSession, *, api_key_name: str, key: str, body_hash: str, ttl_h: float
@@ -106,15 +161,7 @@ class IdempotencyStore:
                 ).where(where)
             )
         ).first()
-        if row is None:
-            # Deleted (expired) between our insert and select: treat as in flight, the caller
-            # may retry; never send twice on a guess.
-            return InFlight(now)
-        if row.request_hash != body_hash:
-            return Mismatch()
-        if row.response_status is None or row.response_body is None:
-            return InFlight(row.created_at)
-        return Replay(row.response_status, row.response_body.encode())
+        return _classify(row, body_hash, now)
 
     async def store_response(
         self, session: AsyncSession, *, api_key_name: str, key: str, status: int, body: bytes
@@ -126,9 +173,13 @@ class IdempotencyStore:
         )
 
     async def _purge(self, session: AsyncSession, now: datetime) -> None:
+        if self._purge_due():
+            await session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now))
+
+    def _purge_due(self) -> bool:
         # At most once a minute per process: expired keys of every caller.
         tick = time.monotonic()
         if tick - self._last_purge < _PURGE_EVERY_S:
-            return
+            return False
         self._last_purge = tick
-        await session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now))
+        return True

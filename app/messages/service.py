@@ -23,15 +23,19 @@ lists every entry with its own status, so any accepted parts and their refs are 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
 
 import orjson
 import structlog
 from sqlalchemy import Table, bindparam, insert, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.bulk360.client import (
     AccountProblemError,
@@ -50,8 +54,10 @@ from app.bulk360.segments import count_segments, provider_prefix
 from app.db import utcnow
 from app.errors import AppError, is_database_unavailable
 from app.messages.idempotency import (
+    CLAIM_CTE_PG,
     REPLAY_HEADER,
     Claimed,
+    ClaimResult,
     IdempotencyStore,
     InFlight,
     Mismatch,
@@ -60,7 +66,8 @@ from app.messages.idempotency import (
 )
 from app.messages.schemas import SendRequest
 from app.models import Message
-from app.notifications.service import attach_dns, lock_refs
+from app.notifications.service import attach_dns as attach_dns_session
+from app.notifications.service import lock_refs, lock_refs_pg, refresh_messages_pg
 from app.ops.metrics import SENDS
 
 log = structlog.get_logger("app.messages")
@@ -125,31 +132,45 @@ class SendService:
     ) -> SendAnswer:
         entries = _prepare(request.text, destinations)
         send_id = str(uuid.uuid4())
+        body_hash = None
+        if idempotency_key is not None:
+            body_hash = request_hash(_canonical(request, destinations))
+        engine = session.bind
+        postgres = isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql"
 
         # 1. Claim the key and record the rows, committed before anything goes upstream.
         try:
-            if idempotency_key is not None:
-                body_hash = request_hash(_canonical(request, destinations))
-                claim = await self.idempotency.claim(
-                    session,
+            if postgres:
+                claim = await self._record_rows_pg(
+                    cast(AsyncEngine, engine),
+                    entries,
+                    request,
                     api_key_name=api_key_name,
+                    send_id=send_id,
                     key=idempotency_key,
                     body_hash=body_hash,
                     ttl_h=idempotency_ttl_h,
                 )
-                if not isinstance(claim, Claimed):
-                    await session.commit()  # keeps any purge of expired keys
-                    return _claim_answer(claim)
-            await _insert_rows(session, entries, request, api_key_name, send_id)
-            await session.commit()
+            else:
+                claim = await self._record_rows(
+                    session,
+                    entries,
+                    request,
+                    api_key_name=api_key_name,
+                    send_id=send_id,
+                    key=idempotency_key,
+                    body_hash=body_hash,
+                    ttl_h=idempotency_ttl_h,
+                )
         except Exception as exc:
-            await session.rollback()
             if is_database_unavailable(exc):
                 log.warning("send refused: database unavailable", error=type(exc).__name__)
                 raise AppError(
                     503, "database_unavailable", "the database is unreachable; nothing was sent"
                 ) from None
             raise
+        if not isinstance(claim, Claimed):
+            return _claim_answer(claim)
 
         # 2. The provider.
         batches = await client.send(destinations, text=request.text, sender=request.sender)
@@ -165,19 +186,15 @@ class SendService:
         )
 
         # 3. Record the answer: one transaction, then respond.
+        response = None
+        if idempotency_key is not None:
+            response = (api_key_name, idempotency_key, status, body)
         try:
-            await _record_answer(session, entries)
-            if idempotency_key is not None:
-                await self.idempotency.store_response(
-                    session,
-                    api_key_name=api_key_name,
-                    key=idempotency_key,
-                    status=status,
-                    body=body,
-                )
-            await session.commit()
+            if postgres:
+                await _record_answer_pg(cast(AsyncEngine, engine), entries, response)
+            else:
+                await self._record_answer(session, entries, response)
         except Exception as exc:
-            await session.rollback()
             # The provider has acted: answer what it said; the rows stay `unknown`.
             log.warning(
                 "send answer not recorded: rows stay unknown; reconcile these refs",
@@ -199,6 +216,101 @@ class SendService:
             unknown=sum(e.status == "unknown" for e in entries),
         )
         return SendAnswer(status, body)
+
+    # -- SQLite (and any other database): the ORM session, one transaction per step -------------
+
+    async def _record_rows(
+        self,
+        session: AsyncSession,
+        entries: list[_Entry],
+        request: SendRequest,
+        *,
+        api_key_name: str,
+        send_id: str,
+        key: str | None,
+        body_hash: str | None,
+        ttl_h: float,
+    ) -> ClaimResult:
+        try:
+            if key is not None and body_hash is not None:
+                claim = await self.idempotency.claim(
+                    session, api_key_name=api_key_name, key=key, body_hash=body_hash, ttl_h=ttl_h
+                )
+                if not isinstance(claim, Claimed):
+                    await session.commit()  # keeps any purge of expired keys
+                    return claim
+            await _insert_rows(session, entries, request, api_key_name, send_id)
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise
+        return Claimed()
+
+    async def _record_answer(
+        self,
+        session: AsyncSession,
+        entries: list[_Entry],
+        response: tuple[str, str, int, bytes] | None,
+    ) -> None:
+        try:
+            await _update_rows(session, entries)
+            if response is not None:
+                name, key, status, body = response
+                await self.idempotency.store_response(
+                    session, api_key_name=name, key=key, status=status, body=body
+                )
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise
+
+    # -- Postgres: asyncpg on a pooled connection, as few round trips as the order allows -------
+
+    async def _record_rows_pg(
+        self,
+        engine: AsyncEngine,
+        entries: list[_Entry],
+        request: SendRequest,
+        *,
+        api_key_name: str,
+        send_id: str,
+        key: str | None,
+        body_hash: str | None,
+        ttl_h: float,
+    ) -> ClaimResult:
+        """One statement, committed on its own (no BEGIN/COMMIT round trips): the claim and
+        the rows together, or neither."""
+        now = utcnow()
+        args: list[Any] = [
+            send_id,
+            api_key_name,
+            request.client_ref,
+            request.sender,
+            now,
+            [e.dest.channel for e in entries],
+            [e.dest.msisdn for e in entries],
+            [e.encoding for e in entries],
+            [e.segments for e in entries],
+        ]
+        sql = _INSERT_ROWS_PG
+        if key is not None:
+            sql = _CLAIM_AND_INSERT_ROWS_PG
+            args += [key, body_hash, now + timedelta(hours=ttl_h)]
+        async with _raw_pg(engine) as apg:
+            if key is not None:
+                await self.idempotency.purge_pg(apg, now)
+            ids = sorted(row[0] for row in await apg.fetch(sql, *args))
+            if not ids:
+                if key is None or body_hash is None:
+                    raise RuntimeError("the rows INSERT returned no ids")
+                return await self.idempotency.existing_pg(
+                    apg, api_key_name=api_key_name, key=key, body_hash=body_hash, now=now
+                )
+        # Identity values are drawn in the INSERT's ORDER BY order (SQLAlchemy's own
+        # sort_by_parameter_order relies on the same): the sorted ids follow the entries.
+        for e, message_id in zip(entries, ids, strict=True):
+            e.id = message_id
+        return Claimed()
 
 
 send_service = SendService()
@@ -381,7 +493,7 @@ _UPDATE = (
 )
 
 
-async def _record_answer(session: AsyncSession, entries: list[_Entry]) -> None:
+async def _update_rows(session: AsyncSession, entries: list[_Entry]) -> None:
     refs = {e.id: e.ref for e in entries if e.ref}
     await lock_refs(session, sorted(refs.values()))
     now = utcnow()
@@ -404,3 +516,127 @@ async def _record_answer(session: AsyncSession, entries: list[_Entry]) -> None:
     )
     # A DN for one of these refs may have been stored before we knew the ref.
     await attach_dns(session, refs)
+
+
+# ---- Postgres --------------------------------------------------------------------------------
+
+_INSERT_ROWS = """
+INSERT INTO messages (send_id, api_key_name, client_ref, channel, msisdn, sender, encoding,
+                      segments, status, created_at, updated_at)
+SELECT $1, $2, $3, u.channel, u.msisdn, $4, u.encoding, u.segments, 'unknown', $5, $5
+FROM unnest($6::text[], $7::text[], $8::text[], $9::int[])
+     WITH ORDINALITY AS u(channel, msisdn, encoding, segments, n)
+{where}
+ORDER BY u.n
+RETURNING id
+"""
+_INSERT_ROWS_PG = _INSERT_ROWS.format(where="")
+_CLAIM_AND_INSERT_ROWS_PG = CLAIM_CTE_PG + _INSERT_ROWS.format(
+    where="WHERE EXISTS (SELECT 1 FROM claim)"
+)
+
+# The answer in one statement, after `lock_refs_pg`: the rows and the stored Idempotency-Key
+# response ($11 NULL: no key), then `attach_dns` (same transaction).
+_RECORD_ANSWER_PG = """
+WITH v AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
+                         $6::text[], $7::text[], $8::timestamptz[])
+         AS v(id, status, ref, code, descr, rate, currency, submitted_at)
+), stored AS (
+    UPDATE idempotency_keys SET response_status = $12, response_body = $13
+    WHERE $11::text IS NOT NULL AND api_key_name = $10 AND key = $11
+)
+UPDATE messages m SET status = v.status, ref = v.ref, submit_code = v.code,
+    submit_desc = v.descr, rate = v.rate, currency = v.currency,
+    submitted_at = v.submitted_at, updated_at = $9
+FROM v WHERE m.id = v.id
+"""
+# `attach_dns` for every ref at once: DNs stored before their message had a ref.
+_ATTACH_DNS_PG = """
+UPDATE delivery_notifications d SET message_id = v.id
+FROM unnest($1::bigint[], $2::text[]) AS v(id, ref)
+WHERE d.msgid = v.ref AND d.message_id IS NULL
+RETURNING d.message_id
+"""
+
+
+async def attach_dns(db: AsyncSession | Any, refs_by_message: dict[int, str]) -> None:
+    """Attach DNs that arrived before their message had a ref, then refresh those messages
+    (`app.notifications.service.attach_dns`); on an asyncpg connection in one statement for
+    all refs. Call inside the transaction that records the refs, after the ref locks."""
+    if isinstance(db, AsyncSession):
+        await attach_dns_session(db, refs_by_message)
+        return
+    if not refs_by_message:
+        return
+    ids, refs = list(refs_by_message), list(refs_by_message.values())
+    attached = await db.fetch(_ATTACH_DNS_PG, ids, refs)
+    await refresh_messages_pg(db, sorted({row[0] for row in attached}))
+
+
+@asynccontextmanager
+async def _raw_pg(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection of a pooled SQLAlchemy connection (as the DN writer does)."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except BaseException as exc:
+            # SQLAlchemy did not see this error: a dead connection must not go back to the pool.
+            if not isinstance(exc, Exception) or is_database_unavailable(exc):
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+            raise
+
+
+async def _record_answer_pg(
+    engine: AsyncEngine,
+    entries: list[_Entry],
+    response: tuple[str, str, int, bytes] | None,
+) -> None:
+    now = utcnow()
+    refs = {e.id: e.ref for e in entries if e.ref}
+    name, key, status, body = response if response is not None else (None, None, None, None)
+    args = (
+        [e.id for e in entries],
+        [e.status for e in entries],
+        [e.ref for e in entries],
+        [e.code for e in entries],
+        [e.desc[:_DESC_MAX] if e.desc else None for e in entries],
+        [e.rate for e in entries],
+        [e.currency for e in entries],
+        [now if e.answered else None for e in entries],
+        now,
+        name,
+        key,
+        status,
+        body.decode() if body is not None else None,
+    )
+    for attempt in (1, 2):
+        committing = False
+        try:
+            async with _raw_pg(engine) as apg:
+                tr = apg.transaction()
+                await tr.start()
+                try:
+                    await lock_refs_pg(apg, sorted(refs.values()))
+                    await apg.execute(_RECORD_ANSWER_PG, *args)
+                    await attach_dns(apg, refs)
+                    committing = True
+                    await tr.commit()
+                except BaseException:
+                    if not committing:
+                        with contextlib.suppress(Exception):
+                            await tr.rollback()
+                    raise
+            return
+        except Exception as exc:
+            # A connection lost before COMMIT was sent: the server dropped the transaction,
+            # nothing of it happened, so it is safe to run it once more on a fresh
+            # connection (the answer is already in hand; losing it would leave `unknown`
+            # rows). After COMMIT was sent the outcome is unknown: never repeat it.
+            if attempt == 2 or committing or not is_database_unavailable(exc):
+                raise
+            log.warning(
+                "send answer: database connection lost, retrying once", error=type(exc).__name__
+            )
