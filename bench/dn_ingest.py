@@ -465,6 +465,7 @@ async def main() -> None:
     parser.add_argument("--baseline-s", type=int, default=10, help="seconds per baseline run")
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--profile", type=int, default=0, help="py-spy the relay for N seconds")
+    parser.add_argument("--profile-out", default="/tmp/dn_ingest_profile.txt")
     parser.add_argument("--batch-max", type=int, default=0, help="DN_BATCH_MAX for the relay")
     parser.add_argument("--keep-log", help="copy the relay's log here")
     args = parser.parse_args()
@@ -500,7 +501,10 @@ async def main() -> None:
             tmp = Path(tmpdir)
             relay = await asyncio.to_thread(run_relay, args, db_url, tmp, plan)
             checks = await verify(dsn)
-            profile = top_of_profile(str(relay["profile"])) if args.profile else ""
+            profile = ""
+            if args.profile:
+                shutil.copy(str(relay["profile"]), args.profile_out)
+                profile = top_of_profile(args.profile_out) + f"\n(raw stacks: {args.profile_out})"
             baselines: dict[str, dict[str, float]] = {}
             if not args.skip_baselines:
                 paths = [
