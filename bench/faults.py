@@ -313,9 +313,10 @@ async def restart(
         f"stored {len(stored & {s.key for s in dns})} (503'd but stored {len(dn_503 & stored)}), "
         f"lost {len(lost)}"
     )
+    other_sends = {s.key for s in sends if s.status not in (201, 503)}
     print(
-        f"sends {len(sends)}: {summary(sends)}, other {dict(bad_send)}; 503'd sends that "
-        f"reached the provider: {len(sends_503 & sent_to)}"
+        f"sends {len(sends)}: {summary(sends)}; reached the provider: 503'd "
+        f"{len(sends_503 & sent_to)}, other non-201 {len(other_sends & sent_to)}"
     )
     by_phase = Counter((s.kind, s.began, str(s.status or s.error)) for s in traffic.samples)
     print("by phase:", dict(sorted(by_phase.items())))

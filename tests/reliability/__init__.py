@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import aiohttp
 import asyncpg
+import orjson
 from sqlalchemy.engine import make_url
 
 from app.config import hash_api_key
@@ -157,6 +158,18 @@ class Burst:
         return [a for a in answers if a is not None]
 
 
+async def send_statuses(url: str, numbers: Sequence[str]) -> list[int]:
+    """HTTP status of a one-recipient send to each number, all at once."""
+    async with aiohttp.ClientSession() as http:
+
+        async def one(to: str) -> int:
+            body = {"to": to, "text": "x"}
+            async with http.post(f"{url}/v1/messages", json=body, headers=AUTH) as resp:
+                return resp.status
+
+        return list(await asyncio.gather(*(one(n) for n in numbers)))
+
+
 class Answered(Protocol):
     @property
     def status(self) -> int | None: ...
@@ -172,3 +185,102 @@ def summary(answers: Sequence[Answered]) -> dict[str, int]:
         key = str(a.status) if a.status is not None else a.error or "?"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def _error_code(body: bytes) -> str:
+    """The `error` of a JSON error body, or a note that the body was not one."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "not-json"
+    return str(parsed.get("error")) if isinstance(parsed, dict) else "not-an-object"
+
+
+@dataclass
+class Sample:
+    kind: str  # "dn" | "send"
+    key: str  # the DN's msgid, or the send's one recipient
+    began: str  # phase when the request was made
+    ended: str  # phase when its answer came
+    status: int | None
+    error: str | None  # the JSON error code, or the transport error without an answer
+    elapsed: float
+
+
+@dataclass
+class Traffic:
+    """DNs and sends arriving continuously at one relay, each answer tagged with the phase
+    (`before`, `down`, `back`) in which it was asked and answered."""
+
+    url: str
+    dn_workers: int = 20
+    send_workers: int = 4
+    phase: str = "before"
+    samples: list[Sample] = field(default_factory=list)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _running: bool = True
+    _seq: int = 0
+
+    async def until(self, predicate: Callable[[list[Sample]], bool], timeout: float = 20) -> None:
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: predicate(self.samples))
+        except TimeoutError:
+            seen: dict[tuple[str, str, int | None, str | None], int] = {}
+            for s in self.samples:
+                k = (s.kind, s.began, s.status, s.error)
+                seen[k] = seen.get(k, 0) + 1
+            raise AssertionError(f"traffic did not get there in {timeout}s: {seen}") from None
+
+    def count(self, kind: str, phase: str, status: int | None = None) -> int:
+        return sum(
+            1
+            for s in self.samples
+            if s.kind == kind and s.began == phase and (status is None or s.status == status)
+        )
+
+    async def _record(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _one(self, http: aiohttp.ClientSession, kind: str, key: str) -> None:
+        began, started = self.phase, time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            if kind == "dn":
+                request = http.post(self.url + DN_PATH, data={"msgid": key, "status": "DELIVERED"})
+            else:
+                request = http.post(
+                    self.url + "/v1/messages", json={"to": key, "text": "x"}, headers=AUTH
+                )
+            async with request as resp:
+                status = resp.status
+                body = await resp.read()
+            if status >= 400:
+                error = _error_code(body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = type(exc).__name__
+        await self._record(
+            Sample(kind, key, began, self.phase, status, error, time.monotonic() - started)
+        )
+
+    async def _worker(self, http: aiohttp.ClientSession, kind: str) -> None:
+        while self._running:
+            self._seq += 1
+            # Unique keys: a msgid per DN, a recipient per send (60120000001, ...).
+            key = f"traffic-{self._seq}" if kind == "dn" else f"6012{self._seq:07d}"
+            await self._one(http, kind, key)
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=60)
+        connector = aiohttp.TCPConnector(limit=self.dn_workers + self.send_workers)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            await asyncio.gather(
+                *(self._worker(http, "dn") for _ in range(self.dn_workers)),
+                *(self._worker(http, "send") for _ in range(self.send_workers)),
+            )
+
+    def stop(self) -> None:
+        self._running = False

@@ -3,18 +3,36 @@
 The relay (a child process) connects to the proxy's port instead of Postgres. `stop()` does
 what a database shutdown does to its clients: every open connection is cut (pooled ones too,
 so the relay must notice and replace them) and new connections are refused (the listener is
-closed: ECONNREFUSED, as with no server on the port). `start()` listens on the same port again.
-The shared Postgres server itself is never touched: other tests and CI use it.
+closed: ECONNREFUSED, as with no server on the port). `stop(answer=...)` instead keeps
+listening and answers every new connection the way Postgres does while it shuts down or starts
+up: a FATAL 57P03 error ("the database system is shutting down") in place of the handshake.
+`start()` forwards again, on the same port. The shared Postgres server itself is never
+touched: other tests and CI use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 
 from sqlalchemy.engine import make_url
 
 from tests.servers import free_port
+
+SHUTTING_DOWN = "the database system is shutting down"
+STARTING_UP = "the database system is starting up"
+_SSL_REQUEST = 80877103  # the code of an SSLRequest in place of a protocol version
+
+
+def cannot_connect_now(message: str) -> bytes:
+    """A Postgres ErrorResponse: FATAL, SQLSTATE 57P03 (cannot_connect_now), `message`."""
+    fields = b"".join(
+        kind + value.encode() + b"\0"
+        for kind, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", "57P03"), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!I", len(body) + 4) + body
 
 
 class PgProxy:
@@ -24,6 +42,7 @@ class PgProxy:
         self.port = free_port()
         self.accepted = 0  # connections accepted since construction
         self._server: asyncio.Server | None = None
+        self._answer: str | None = None  # while stopped: the error new connections get
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -42,22 +61,30 @@ class PgProxy:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._server is not None and self._answer is None
 
     @property
     def open_connections(self) -> int:
         return len(self._links)
 
     async def start(self) -> None:
+        self._answer = None
+        await self._listen()
+
+    async def _listen(self) -> None:
         if self._server is None:
             # reuse_address (asyncio's default on POSIX): the port is free again at once.
             self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
-    async def stop(self) -> None:
-        """Refuse new connections and cut every open one (both directions, with a RST)."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+    async def stop(self, answer: str | None = None) -> None:
+        """Cut every open connection (both directions, with a RST). New connections are then
+        refused, or, with `answer` (e.g. SHUTTING_DOWN), answered with that FATAL error."""
+        server = self._server
+        if answer is None:
+            self._server = None
+            if server is not None:
+                server.close()
+        self._answer = answer
         for client, upstream in list(self._links):
             client.transport.abort()
             upstream.transport.abort()
@@ -66,10 +93,15 @@ class PgProxy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
+        if server is not None and answer is None:
             await server.wait_closed()
+        if answer is not None:
+            await self._listen()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._answer is not None:
+            await self._refuse(reader, writer, self._answer)
+            return
         if self._server is None:  # stopped between accept and this callback
             writer.transport.abort()
             return
@@ -78,7 +110,7 @@ class PgProxy:
         except OSError:
             writer.transport.abort()
             return
-        if self._server is None:
+        if self._server is None or self._answer is not None:
             writer.transport.abort()
             up_writer.transport.abort()
             return
@@ -99,6 +131,22 @@ class PgProxy:
         self._links.discard(link)
         for side in link:
             side.close()
+
+    @staticmethod
+    async def _refuse(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str
+    ) -> None:
+        """Read the client's SSLRequest (answered "no SSL") and startup packet, then answer
+        with the error, as the postmaster does while it cannot accept connections."""
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            length, code = struct.unpack("!II", await reader.readexactly(8))
+            if code == _SSL_REQUEST:
+                writer.write(b"N")
+                length, _ = struct.unpack("!II", await reader.readexactly(8))
+            await reader.readexactly(length - 8)
+            writer.write(cannot_connect_now(message))
+            await writer.drain()
+        writer.close()
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -12,142 +12,202 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import Counter
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from app.bulk360.simulator import Simulator
+from app.bulk360.simulator import Simulator, SimulatorConfig
 from tests.reliability import (
     AUTH,
-    DN_PATH,
+    Answer,
     Burst,
+    Traffic,
     empty_tables,
     relay_env,
     relay_processes,
+    send_statuses,
     stored_dns,
     summary,
 )
-from tests.reliability.pgproxy import PgProxy
+from tests.reliability.pgproxy import SHUTTING_DOWN, STARTING_UP, PgProxy
 from tests.servers import RelayProcess
 
 pytestmark = pytest.mark.postgres
 
 ACK_TIMEOUT_S = 2.0
 SLACK_S = 1.5  # scheduling on a busy 2-core machine; a hang would be far longer
-DN_WORKERS, SEND_WORKERS = 20, 4
 
 
-@pytest.fixture
-async def pg_url(postgres_url: str) -> str:
-    await empty_tables(postgres_url)
-    return postgres_url
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[Simulator]:
+    sim = Simulator(SimulatorConfig(dn_delay_s=0))
+    await sim.start()
+    yield sim
+    await sim.stop()
 
 
-@pytest.fixture
-async def proxy(pg_url: str) -> AsyncIterator[PgProxy]:
-    pgproxy = PgProxy.for_url(pg_url)
+@pytest.fixture(scope="module")
+async def proxy(postgres_url: str) -> AsyncIterator[PgProxy]:
+    pgproxy = PgProxy.for_url(postgres_url)
     await pgproxy.start()
     yield pgproxy
     await pgproxy.stop()
 
 
-@dataclass
-class Sample:
-    kind: str  # "dn" | "send"
-    key: str  # the DN's msgid, or the send's one recipient
-    began: str  # phase when the request was made
-    ended: str  # phase when its answer came
-    status: int | None
-    error: str | None  # the JSON error code, or the transport error without an answer
-    elapsed: float
+@pytest.fixture(scope="module")
+async def relay(
+    postgres_url: str,
+    proxy: PgProxy,
+    upstream: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[RelayProcess]:
+    """One relay process whose every database connection goes through `proxy`."""
+    env = relay_env(proxy.url(postgres_url), upstream.base_url, dn_ack_timeout_s=ACK_TIMEOUT_S)
+    async with relay_processes([env], tmp_path_factory.mktemp("proxied")) as [process]:
+        yield process
 
 
-@dataclass
-class Traffic:
-    """DNs and sends arriving continuously at one relay, each answer tagged with the phase
-    (`before`, `down`, `back`) in which it was asked and answered."""
+@pytest.fixture
+async def pg_url(postgres_url: str, proxy: PgProxy, upstream: Simulator) -> str:
+    await proxy.start()  # in case a failed test left it stopped
+    await empty_tables(postgres_url)
+    upstream.reset()
+    return postgres_url
 
-    url: str
-    phase: str = "before"
-    samples: list[Sample] = field(default_factory=list)
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    _running: bool = True
 
-    async def until(self, predicate: Callable[[list[Sample]], bool], timeout: float = 20) -> None:
-        try:
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: predicate(self.samples))
-        except TimeoutError:
-            seen: dict[tuple[str, str, int | None, str | None], int] = {}
-            for s in self.samples:
-                k = (s.kind, s.began, s.status, s.error)
-                seen[k] = seen.get(k, 0) + 1
-            raise AssertionError(f"traffic did not get there in {timeout}s: {seen}") from None
+async def lookup_statuses(relay: RelayProcess, count: int) -> list[int]:
+    async with aiohttp.ClientSession() as http:
 
-    def count(self, kind: str, phase: str, status: int | None = None) -> int:
-        return sum(
-            1
-            for s in self.samples
-            if s.kind == kind and s.began == phase and (status is None or s.status == status)
+        async def one() -> int:
+            async with http.get(f"{relay.url}/v1/messages", headers=AUTH) as resp:
+                return resp.status
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def test_a_blip_with_no_traffic_leaves_no_dead_pooled_connection_behind(
+    pg_url: str, proxy: PgProxy, relay: RelayProcess
+) -> None:
+    # Warm the pools: the lookups hold several connections at once, the DN writer its own.
+    warm = await Burst(20).dns([(f"warm-{i}", "DELIVERED") for i in range(20)], lambda _: relay.url)
+    assert summary(warm) == {"200": 20}
+    assert await lookup_statuses(relay, 20) == [200] * 20
+    accepted = proxy.accepted
+    # The database restarts while the relay is idle: nothing has told it its connections died.
+    await proxy.stop()
+    await proxy.start()
+
+    after = await Burst(50).dns(
+        [(f"after-{i}", "DELIVERED") for i in range(50)], lambda _: relay.url
+    )
+    sends = await send_statuses(relay.url, [f"601298{n:05d}" for n in range(10)])
+    lookups = await lookup_statuses(relay, 20)
+
+    assert summary(after) == {"200": 50}
+    assert sends == [201] * 10
+    assert lookups == [200] * 20
+    assert proxy.accepted > accepted  # the dead connections were replaced, not reused
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: app/errors.py is_database_unavailable() misses asyncpg's CannotConnectNowError "
+        "(57P03) wrapped in a plain sqlalchemy DBAPIError: the DN writer answers 500 "
+        "(DNStoreError) and sends/lookups 500 while Postgres shuts down or starts up"
+    ),
+)
+async def test_a_database_shutting_down_or_starting_up_is_a_503_never_a_500(
+    pg_url: str, proxy: PgProxy, relay: RelayProcess, upstream: Simulator
+) -> None:
+    warm = await Burst(10).dns([(f"warm-{i}", "DELIVERED") for i in range(10)], lambda _: relay.url)
+    assert summary(warm) == {"200": 10}
+    dns: list[Answer] = []
+    sends: list[int] = []
+    lookups: list[int] = []
+    # What a real restart shows new connections between `stop -m fast` and ready again.
+    for answer in (SHUTTING_DOWN, STARTING_UP):
+        await proxy.stop(answer=answer)
+        dns += await Burst(10).dns(
+            [(f"{answer[20:24]}-{i}", "DELIVERED") for i in range(20)], lambda _: relay.url
         )
+        sends += await send_statuses(relay.url, [f"601297{n:05d}" for n in range(5)])
+        lookups += await lookup_statuses(relay, 5)
+    await proxy.start()
+    deadline = time.monotonic() + 10
+    while (await send_statuses(relay.url, ["60129800001"])) != [201]:
+        assert time.monotonic() < deadline, "the relay did not recover"
 
-    async def _record(self, sample: Sample) -> None:
-        self.samples.append(sample)
-        async with self._changed:
-            self._changed.notify_all()
+    assert summary(dns) == {"503": 40}
+    assert sends == [503] * 10 and lookups == [503] * 10
+    assert upstream.mt_requests == 1  # only the send after recovery
+    stored = {msgid for msgid, _ in await stored_dns(pg_url)}
+    assert stored == {f"warm-{i}" for i in range(10)}
 
-    async def _one(self, http: aiohttp.ClientSession, kind: str, key: str) -> None:
-        began, started = self.phase, time.monotonic()
-        status: int | None = None
-        error: str | None = None
-        try:
-            if kind == "dn":
-                request = http.post(self.url + DN_PATH, data={"msgid": key, "status": "DELIVERED"})
-            else:
-                request = http.post(
-                    self.url + "/v1/messages", json={"to": key, "text": "x"}, headers=AUTH
-                )
-            async with request as resp:
-                status = resp.status
-                if status >= 400:
-                    error = (await resp.json(content_type=None)).get("error")
-                else:
+
+@pytest.mark.xfail(
+    strict=False,  # the races are timing-dependent: most runs show both, not every run
+    reason=(
+        "bugs: (1) app/deps.py get_session(): the teardown rollback on a connection cut after "
+        "the response went out raises into uvicorn (ERROR unhandled_error + 'Exception in "
+        "ASGI application'); (2) app/errors.py: asyncpg's InterfaceError raised unwrapped from "
+        "SQLAlchemy's on_connect set-up reaches the catch-all handler: a 500, not a 503"
+    ),
+)
+async def test_lookups_across_repeated_cuts_are_200_or_503_and_log_no_error(
+    pg_url: str, proxy: PgProxy, relay: RelayProcess
+) -> None:
+    assert relay.log_path is not None
+    lines_before = len(relay.log_path.read_text().splitlines())
+    answers: Counter[str] = Counter()
+    more = asyncio.Condition()
+    running = True
+
+    async def reader(http: aiohttp.ClientSession) -> None:
+        while running:
+            try:
+                async with http.get(f"{relay.url}/v1/messages?limit=5", headers=AUTH) as resp:
                     await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = type(exc).__name__
-        await self._record(
-            Sample(kind, key, began, self.phase, status, error, time.monotonic() - started)
-        )
+                    answers[str(resp.status)] += 1
+            except aiohttp.ClientError as exc:
+                answers[type(exc).__name__] += 1
+            async with more:
+                more.notify_all()
 
-    async def _worker(self, http: aiohttp.ClientSession, kind: str, worker: int) -> None:
-        n = 0
-        while self._running:
-            key = f"db-{worker}-{n}" if kind == "dn" else f"6012{worker:02d}{n:05d}"
-            await self._one(http, kind, key)
-            n += 1
+    async def answered(count: int) -> None:
+        target = answers.total() + count
+        async with asyncio.timeout(10), more:
+            await more.wait_for(lambda: answers.total() >= target)
 
-    async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            await asyncio.gather(
-                *(self._worker(http, "dn", w) for w in range(DN_WORKERS)),
-                *(self._worker(http, "send", w) for w in range(SEND_WORKERS)),
-            )
+    async with aiohttp.ClientSession() as http:
+        readers = [asyncio.create_task(reader(http)) for _ in range(30)]
+        try:
+            for _ in range(10):  # cut while lookups are mid-flight, then let them through
+                await answered(30)
+                await proxy.stop()
+                await answered(10)
+                await proxy.start()
+            await answered(30)
+        finally:
+            running = False
+            await asyncio.gather(*readers)
+    errors = [
+        line
+        for line in relay.log_path.read_text().splitlines()[lines_before:]
+        if '"level":"error"' in line
+    ]
 
-    def stop(self) -> None:
-        self._running = False
+    assert set(answers) <= {"200", "503"}, answers
+    assert errors == [], f"{len(errors)} ERROR lines, first: {errors[0][:300]}"
 
 
 @pytest.mark.slow
 async def test_database_cut_mid_burst_503s_then_recovers_with_no_lost_or_phantom_dn(
-    pg_url: str, proxy: PgProxy, simulator: Simulator, tmp_path: Path
+    pg_url: str, proxy: PgProxy, relay: RelayProcess, upstream: Simulator
 ) -> None:
-    env = relay_env(proxy.url(pg_url), simulator.base_url, dn_ack_timeout_s=ACK_TIMEOUT_S)
-    async with relay_processes([env], tmp_path) as [relay]:
-        await cut_and_restore(relay, proxy, simulator, pg_url)
+    await cut_and_restore(relay, proxy, upstream, pg_url)
 
 
 async def cut_and_restore(
@@ -191,14 +251,7 @@ async def cut_and_restore(
     after = await Burst(50).dns(
         [(f"after-{i}", "DELIVERED") for i in range(50)], lambda _: relay.url
     )
-    async with aiohttp.ClientSession() as http:
-
-        async def one_send(n: int) -> int:
-            body = {"to": f"601299{n:05d}", "text": "x"}
-            async with http.post(f"{relay.url}/v1/messages", json=body, headers=AUTH) as resp:
-                return resp.status
-
-        sends_after = await asyncio.gather(*(one_send(n) for n in range(10)))
+    sends_after = await send_statuses(relay.url, [f"601299{n:05d}" for n in range(10)])
 
     dns = [s for s in traffic.samples if s.kind == "dn"]
     sends = [s for s in traffic.samples if s.kind == "send"]
