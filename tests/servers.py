@@ -70,7 +70,7 @@ class RelayProcess:
     async def start(self, log_path: Path, timeout: float = 20) -> None:
         self.log_path = log_path
         with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
+            self.proc = subprocess.Popen(  # a long-lived child, not awaited here
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
                 env=self.env,
                 stdout=log,
