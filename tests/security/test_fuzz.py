@@ -13,7 +13,8 @@ test's event loop, and each answer is held to:
 Per operation, positive and negative data, both with valid credentials (the API key; the DN
 hook's token in the path, else everything would be a 404) and with whatever credentials
 schemathesis makes up. `FUZZ_EXAMPLES` raises the count per (operation, mode, credentials)
-for a longer run by hand; the default keeps the test to a few seconds. Every failure is
+for a longer run by hand (`FUZZ_BACKENDS=sqlite,postgres` adds Postgres); the default keeps
+the test to some fifteen seconds. Every failure is
 collected (no shrinking) and reported together, with the request that caused it.
 """
 
@@ -50,8 +51,10 @@ from app.bulk360.simulator import Simulator
 from app.main import create_app
 from tests.conftest import DN_TOKEN, TEST_API_KEY, relay_settings
 
+# SQLite is enough in the suite; by hand: FUZZ_BACKENDS=sqlite,postgres FUZZ_EXAMPLES=200.
+BACKENDS = os.environ.get("FUZZ_BACKENDS", "sqlite").split(",")
 pytestmark = [
-    pytest.mark.parametrize("db_url", ["sqlite"], indirect=True),  # SQLite is enough here
+    pytest.mark.parametrize("db_url", BACKENDS, indirect=True),
     # The hook's GET and POST share one operation id; building the schema warns about it.
     pytest.mark.filterwarnings("ignore:Duplicate Operation ID dn_hook"),
 ]

@@ -187,6 +187,20 @@ async def test_json_body_that_is_not_utf8_is_400_and_nothing_is_sent(
     await assert_nothing_stored_or_sent(engine, simulator)
 
 
+@SQLITE_ONLY
+async def test_malformed_json_is_422_saying_where(
+    relay: Relay, engine: AsyncEngine, simulator: Simulator
+) -> None:
+    cases = Cases()
+    for body in (b'{"to": "60123240066", "text": ', b"{not json", b"[1, 2"):
+        response = await relay.client.post(SEND, content=body, headers=JSON)
+        cases.error(repr(body), response, 422, "body", "JSON")
+    empty = await relay.client.post(SEND, content=b"", headers=JSON)
+    cases.error("empty body", empty, 422, "body", "required")
+    cases.check()
+    await assert_nothing_stored_or_sent(engine, simulator)
+
+
 async def test_characters_no_database_or_provider_takes_are_422_naming_the_field(
     relay: Relay, engine: AsyncEngine, simulator: Simulator
 ) -> None:
