@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 
-from app.deps import ApiKeyDep, SessionDep, StateDep
+from app.deps import ApiKeyDep, StateDep
 from app.errors import AppError, error_responses
 from app.messages.recipients import RecipientError, normalise_recipients
 from app.messages.schemas import SendErrorResponse, SendRequest, SendResponse
@@ -62,7 +62,6 @@ the recorded `messages`; entries left `unknown` may have been sent: look them up
 async def send_messages(
     body: SendRequest,
     state: StateDep,
-    session: SessionDep,
     api_key_name: ApiKeyDep,
     idempotency_key: Annotated[
         str | None,
@@ -81,8 +80,11 @@ async def send_messages(
         )
     except RecipientError as exc:
         raise AppError(422, "validation_error", str(exc)) from None
+    # No session dependency: the service checks connections out itself, once per step, so
+    # none is held while the provider answers.
     answer = await send_service.send(
-        session,
+        state.engine,
+        state.sessionmaker,
         client=state.bulk360,
         request=body,
         destinations=destinations,
