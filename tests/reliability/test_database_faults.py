@@ -156,6 +156,7 @@ async def test_a_database_shutting_down_or_starting_up_is_a_503_never_a_500(
         "SQLAlchemy's on_connect set-up reaches the catch-all handler: a 500, not a 503"
     ),
 )
+@pytest.mark.slow
 async def test_lookups_across_repeated_cuts_are_200_or_503_and_log_no_error(
     pg_url: str, proxy: PgProxy, relay: RelayProcess
 ) -> None:
@@ -203,7 +204,6 @@ async def test_lookups_across_repeated_cuts_are_200_or_503_and_log_no_error(
     assert errors == [], f"{len(errors)} ERROR lines, first: {errors[0][:300]}"
 
 
-@pytest.mark.slow
 async def test_database_cut_mid_burst_503s_then_recovers_with_no_lost_or_phantom_dn(
     pg_url: str, proxy: PgProxy, relay: RelayProcess, upstream: Simulator
 ) -> None:

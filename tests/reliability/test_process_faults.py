@@ -1,9 +1,10 @@
-"""A relay process killed or stopped under a DN burst, and upstream faults seen by a process.
+"""A relay process killed or stopped under a DN burst; the upstream's token endpoint failing.
 
-Every test runs `bulk360-relay serve` as a child process on the real Postgres (the production
-setting), with the simulator (in this loop) as its upstream. The promise under test: a DN
-answered 200 is in the database, whatever happens to the process afterwards; a send either
-reached the provider exactly once or is recorded as not sent.
+The crash and shutdown tests run `bulk360-relay serve` as a child process on the real Postgres
+(the production setting), with the simulator (in this loop) as its upstream. The promise under
+test: a DN answered 200 is in the database, whatever happens to the process afterwards. The
+upstream tests run the relay in this loop (the fault is on the other side) and pin that a send
+either reached the provider exactly once or is recorded as not sent, and never waits long.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import asyncpg
@@ -23,8 +25,8 @@ from aiohttp import web
 
 from app.bulk360.client import SEND_PATH, TOKEN_PATH
 from app.bulk360.simulator import Simulator, SimulatorConfig
+from tests.conftest import Relay, relay_settings, run_relay
 from tests.reliability import (
-    AUTH,
     DN,
     Answer,
     Burst,
@@ -76,6 +78,7 @@ def signal_after(process: RelayProcess, signum: int, oks: int) -> Callable[[Answ
 # -- 1. crash mid-burst ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_burst_loses_no_acknowledged_dn_and_a_restart_takes_the_rest(
     pg_url: str, simulator: Simulator, tmp_path: Path
 ) -> None:
@@ -116,6 +119,7 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_dn_and_a_restart_takes_th
 # -- 7. graceful shutdown -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sigterm_mid_burst_drains_in_flight_dns_and_drops_none(
     pg_url: str, simulator: Simulator, tmp_path: Path
 ) -> None:
@@ -153,10 +157,18 @@ async def test_sigterm_mid_burst_drains_in_flight_dns_and_drops_none(
 
 
 # -- 3. upstream faults not covered by tests/messages/test_send.py --------------------------
+# These need no process boundary (the fault is upstream): the relay runs in this loop (its
+# lifespan, over ASGI) on Postgres, which keeps the suite fast.
 
 
-async def send(http: httpx.AsyncClient, relay: RelayProcess, to: list[str]) -> httpx.Response:
-    return await http.post(f"{relay.url}{SEND}", json={"to": to, "text": "x"}, headers=AUTH)
+def upstream_relay(
+    pg_url: str, upstream: str, **overrides: Any
+) -> AbstractAsyncContextManager[Relay]:
+    return run_relay(relay_settings(pg_url, upstream, **overrides))
+
+
+async def send(relay: Relay, to: list[str]) -> httpx.Response:
+    return await relay.client.post(SEND, json={"to": to, "text": "x"})
 
 
 async def message_rows(url: str) -> list[tuple[str, str, str | None]]:
@@ -169,25 +181,24 @@ async def message_rows(url: str) -> list[tuple[str, str, str | None]]:
 
 
 async def test_provider_stopped_then_restarted_sends_nothing_while_down_and_recovers(
-    pg_url: str, tmp_path: Path
+    pg_url: str,
 ) -> None:
     # Nothing listens on the upstream port when the relay needs its first token.
     port = free_port()
-    env = relay_env(pg_url, f"http://127.0.0.1:{port}")
     first, second = Simulator(SimulatorConfig()), Simulator(SimulatorConfig())
-    async with relay_processes([env], tmp_path) as [relay], httpx.AsyncClient(timeout=10) as http:
-        refused = await send(http, relay, ["60123240066"])
-        ready = (await http.get(f"{relay.url}/readyz")).json()
+    async with upstream_relay(pg_url, f"http://127.0.0.1:{port}") as relay:
+        refused = await send(relay, ["60123240066"])
+        ready = (await relay.client.get("/readyz")).json()
         await first.start(port=port)
         try:
-            recovered = await send(http, relay, ["60166600267"])
+            recovered = await send(relay, ["60166600267"])
         finally:
             await first.stop()
         # A provider restart forgets every token: the cached one is refused (401), refreshed
         # once, and the MT goes out once.
         await second.start(port=port)
         try:
-            after_restart = await send(http, relay, ["60126660125"])
+            after_restart = await send(relay, ["60126660125"])
         finally:
             await second.stop()
 
@@ -256,21 +267,17 @@ class TokenGate:
 
 
 async def test_token_endpoint_down_after_expiry_is_a_502_with_nothing_sent(
-    pg_url: str, simulator: Simulator, tmp_path: Path
+    pg_url: str, simulator: Simulator
 ) -> None:
     gate = TokenGate(simulator.base_url)
-    env = relay_env(pg_url, await gate.start())
     try:
-        async with (
-            relay_processes([env], tmp_path) as [relay],
-            httpx.AsyncClient(timeout=10) as http,
-        ):
-            assert (await send(http, relay, ["60123240066"])).status_code == 201
+        async with upstream_relay(pg_url, await gate.start()) as relay:
+            assert (await send(relay, ["60123240066"])).status_code == 201
             simulator.expire_tokens()
             gate.token = "down"
-            refused = await send(http, relay, ["60166600267", "60126660125"])
+            refused = await send(relay, ["60166600267", "60126660125"])
             gate.token = "up"
-            recovered = await send(http, relay, ["60126660127"])
+            recovered = await send(relay, ["60126660127"])
     finally:
         await gate.stop()
 
@@ -293,15 +300,13 @@ async def test_token_endpoint_down_after_expiry_is_a_502_with_nothing_sent(
     ]
 
 
-@pytest.mark.slow
 async def test_token_expired_mid_flight_is_refreshed_once_and_no_mt_is_sent_twice(
-    pg_url: str, simulator: Simulator, tmp_path: Path
+    pg_url: str, simulator: Simulator
 ) -> None:
     sends, per_send = 40, 13  # 13 numbers take 2 upstream requests (150-character `to`)
     numbers = [[f"6012{s:03d}{r:04d}" for r in range(per_send)] for s in range(sends)]
-    env = relay_env(pg_url, simulator.base_url)
-    async with relay_processes([env], tmp_path) as [relay], httpx.AsyncClient(timeout=30) as http:
-        tasks = [asyncio.create_task(send(http, relay, to)) for to in numbers]
+    async with upstream_relay(pg_url, simulator.base_url) as relay:
+        tasks = [asyncio.create_task(send(relay, to)) for to in numbers]
         # Expire every token while most sends are still queued or in flight upstream.
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         expired_after = len(simulator.sent)
@@ -326,21 +331,17 @@ async def test_token_expired_mid_flight_is_refreshed_once_and_no_mt_is_sent_twic
 
 
 async def test_a_hung_token_endpoint_fails_queued_sends_together_not_one_timeout_each(
-    pg_url: str, simulator: Simulator, tmp_path: Path
+    pg_url: str, simulator: Simulator
 ) -> None:
-    timeout_s, sends = 1.0, 6
+    timeout_s, sends = 1.0, 8
     gate = TokenGate(simulator.base_url)
     gate.token = "hung"
-    env = relay_env(pg_url, await gate.start(), bulk360_timeout_s=timeout_s)
     try:
-        async with (
-            relay_processes([env], tmp_path) as [relay],
-            httpx.AsyncClient(timeout=30) as http,
-        ):
+        async with upstream_relay(pg_url, await gate.start(), bulk360_timeout_s=timeout_s) as relay:
 
             async def timed_send(n: int) -> tuple[int, float]:
                 started = time.monotonic()
-                r = await send(http, relay, [f"601234{n:05d}"])
+                r = await send(relay, [f"601234{n:05d}"])
                 return r.status_code, time.monotonic() - started
 
             answers = await asyncio.gather(*(timed_send(n) for n in range(sends)))
