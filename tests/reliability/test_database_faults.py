@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import pytest
 
 from app.bulk360.simulator import Simulator, SimulatorConfig
@@ -24,6 +25,7 @@ from tests.reliability import (
     Answer,
     Burst,
     Traffic,
+    asyncpg_dsn,
     empty_tables,
     relay_env,
     relay_processes,
@@ -75,6 +77,16 @@ async def pg_url(postgres_url: str, proxy: PgProxy, upstream: Simulator) -> str:
     await empty_tables(postgres_url)
     upstream.reset()
     return postgres_url
+
+
+async def fetch_unknown(url: str) -> set[str]:
+    """Recipients of messages still `unknown`."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch("SELECT msisdn FROM messages WHERE status = 'unknown'")
+    finally:
+        await conn.close()
+    return {row["msisdn"] for row in rows}
 
 
 async def lookup_statuses(relay: RelayProcess, count: int) -> list[int]:
@@ -279,13 +291,18 @@ async def cut_and_restore(
     assert sends_after == [201] * 10
     assert proxy.accepted > accepted_at_cut
     lost = dn_200 - stored
+    # Sends the provider accepted while the answer could not be recorded: answered 201 with
+    # their refs, rows left `unknown` (logged for reconciliation; see the report).
+    unknown_rows = await fetch_unknown(pg_url)
+    answered_unknown = {s.key for s in sends if s.status == 201} & unknown_rows
     print(
         f"\nproxy cut for {back_at - cut_at:.2f}s: DNs sent {len(dns)}, "
         f"200'd {len(dn_200)}, 503'd {sum(s.status == 503 for s in dns)}, "
         f"5xx other {sum(s.status not in (200, 503) for s in dns)}, stored "
         f"{len(stored & {s.key for s in dns})} (503'd but stored "
         f"{len(stored & {s.key for s in dns if s.status == 503})}), lost {len(lost)}; "
-        f"sends {len(sends)}: {summary(sends)} (503'd sends upstream: 0); "
+        f"sends {len(sends)}: {summary(sends)} (503'd sends upstream: 0; 201'd but row left "
+        f"unknown: {len(answered_unknown)}); "
         f"recovered {recovered_in:.2f}s after the database came back; slowest answer "
         f"{max(s.elapsed for s in traffic.samples):.2f}s; then 50/50 DNs, 10/10 sends ok"
     )
