@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -50,6 +51,7 @@ TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path
 SEND_PATH = "/api/bulk360/v2.0"
 MAX_TO_CHARS = 150  # the provider's limit on the `to` field
 WHATSAPP_PREFIX = "whatsapp:"
+_FORM = "application/x-www-form-urlencoded"
 
 Channel = Literal["sms", "whatsapp"]
 TokenState = Literal["none", "valid", "expired", "failing"]
@@ -248,7 +250,10 @@ class Bulk360Client:
         if self._session is None:
             raise RuntimeError("Bulk360Client.start() was not called")
         try:
-            async with self._session.post(self.base_url + path, data=form, headers=headers) as resp:
+            # Encoded here: aiohttp's FormData builds a multipart writer even for a plain form.
+            body = urlencode(form).encode()
+            headers = {**headers, "Content-Type": _FORM}
+            async with self._session.post(self.base_url + path, data=body, headers=headers) as resp:
                 return resp.status, await resp.read()
         except aiohttp.ConnectionTimeoutError as exc:
             # Timed out before a connection existed: nothing was written.
