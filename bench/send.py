@@ -211,6 +211,19 @@ def process_cpu(pid: int) -> float:
     return total
 
 
+async def sessions_opened(admin_dsn: str, db: str) -> int:
+    """Connections ever opened to the bench database (pool churn shows up here)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        value = await conn.fetchval(
+            "SELECT sessions FROM pg_stat_database WHERE datname = $1", make_url(db).database
+        )
+        return int(value or 0)
+    finally:
+        await conn.close()
+
+
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -361,11 +374,12 @@ async def main() -> None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 profile_raw = args.profile / f"relay-c{conc}-{int(time.time())}.txt"
                 profiler = start_profiler(relay.pid, profile_raw)
-            cpu0 = process_cpu(relay.pid)
+            cpu0, sessions0 = process_cpu(relay.pid), await sessions_opened(admin_dsn, db)
             results["relay", conc] = await run_phase(via_relay, count, conc)
             # The warm-up requests count too: CPU per request over count + warm-up.
             used = process_cpu(relay.pid) - cpu0
             results["relay", conc]["server_cpu_ms"] = used * 1000 / (count + min(200, count))
+            results["relay", conc]["db_connects"] = await sessions_opened(admin_dsn, db) - sessions0
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
@@ -396,7 +410,8 @@ async def main() -> None:
         print(
             f"concurrency {conc}: relay overhead p50 {rl['p50'] - d['p50']:.2f} ms, "
             f"p99 {rl['p99'] - d['p99']:.2f} ms; throughput ratio {rl['rps'] / d['rps']:.2f};"
-            f" relay CPU {rl['server_cpu_ms']:.2f} ms per send"
+            f" relay CPU {rl['server_cpu_ms']:.2f} ms per send;"
+            f" {rl['db_connects']:.0f} new DB connections"
         )
     ceiling = results["db-ceiling", args.concurrency]
     direct_rps = results["direct", args.concurrency]["rps"]
