@@ -92,11 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # No per-request telemetry hooks: the DN hook is a hot path and we export our own.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
+    # The DN hook first: routes are matched in order, and it is the hottest path by far.
+    app.include_router(dn_hook_router)
     app.include_router(messages_router)
     app.include_router(notifications_router)
-    app.include_router(dn_hook_router)
     app.include_router(ops_router)
     # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
     # declared oversized body in plain text, outside the error shape.

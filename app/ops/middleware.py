@@ -11,9 +11,9 @@ before the app runs) or streamed (refused when the endpoint reads past the limit
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -53,7 +53,7 @@ class RequestMiddleware:
             elif name == b"content-length":
                 declared_length = value
         if request_id is None:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()  # as unique as a uuid4, a fraction of the cost
         rid_header = request_id.encode()
         status = 500
         started = time.perf_counter()
