@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings, hash_api_key
-from app.errors import AppError
+from app.errors import AppError, is_database_unavailable
 
 if TYPE_CHECKING:
     from app.bulk360.client import Bulk360Client
@@ -48,7 +48,13 @@ async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
         try:
             yield session
         finally:
-            await session.rollback()
+            try:
+                await session.rollback()
+            except Exception as exc:
+                # This runs after the response went out: a connection cut in between must not
+                # surface as an ASGI error. SQLAlchemy has already invalidated the connection.
+                if not is_database_unavailable(exc):
+                    raise
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -108,26 +108,51 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # asyncpg's own errors can escape SQLAlchemy unwrapped (a connection dying during its
+        # set-up): still "the database is unreachable", never a 500.
+        if is_database_unavailable(exc):
+            log.warning("database_unavailable", error=type(exc).__name__)
+            return database_unavailable_response()
         log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
         return error_response(500, "internal_error", "an unexpected error occurred")
 
 
-def is_database_unavailable(exc: BaseException) -> bool:
-    """True for "cannot reach / lost the database", as opposed to a bug or a constraint."""
-    if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError | OSError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    # asyncpg's own connection errors, when raised outside SQLAlchemy (the DN writer).
-    name = type(exc).__name__
-    return name in {
+_UNAVAILABLE_NAMES = frozenset(
+    {
         "ConnectionDoesNotExistError",
         "InterfaceError",
         "CannotConnectNowError",
         "ConnectionFailureError",
         "AdminShutdownError",
+        "CrashShutdownError",
         "TooManyConnectionsError",
     }
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True for "cannot reach / lost the database", as opposed to a bug or a constraint.
+
+    Looks down the cause chain: while Postgres shuts down or starts up, SQLAlchemy wraps
+    asyncpg's CannotConnectNowError (57P03) in a plain DBAPIError that is not marked as a
+    disconnect, and the DN writer sees asyncpg's errors unwrapped.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PoolTimeoutError | OperationalError | InterfaceError | OSError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if type(current).__name__ in _UNAVAILABLE_NAMES:
+            return True
+        # 08xxx connection exceptions, 57P0x shutdown/start-up, 53300 too many connections.
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(("08", "57P", "53300")):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
 
 
 def database_unavailable_response() -> JSONResponse:

@@ -123,14 +123,6 @@ async def test_a_blip_with_no_traffic_leaves_no_dead_pooled_connection_behind(
     assert proxy.accepted > accepted  # the dead connections were replaced, not reused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: app/errors.py is_database_unavailable() misses asyncpg's CannotConnectNowError "
-        "(57P03) wrapped in a plain sqlalchemy DBAPIError: the DN writer answers 500 "
-        "(DNStoreError) and sends/lookups 500 while Postgres shuts down or starts up"
-    ),
-)
 async def test_a_database_shutting_down_or_starting_up_is_a_503_never_a_500(
     pg_url: str, proxy: PgProxy, relay: RelayProcess, upstream: Simulator
 ) -> None:
@@ -159,15 +151,6 @@ async def test_a_database_shutting_down_or_starting_up_is_a_503_never_a_500(
     assert stored == {f"warm-{i}" for i in range(10)}
 
 
-@pytest.mark.xfail(
-    strict=False,  # the races are timing-dependent: most runs show both, not every run
-    reason=(
-        "bugs: (1) app/deps.py get_session(): the teardown rollback on a connection cut after "
-        "the response went out raises into uvicorn (ERROR unhandled_error + 'Exception in "
-        "ASGI application'); (2) app/errors.py: asyncpg's InterfaceError raised unwrapped from "
-        "SQLAlchemy's on_connect set-up reaches the catch-all handler: a 500, not a 503"
-    ),
-)
 @pytest.mark.slow
 async def test_lookups_across_repeated_cuts_are_200_or_503_and_log_no_error(
     pg_url: str, proxy: PgProxy, relay: RelayProcess
