@@ -48,7 +48,10 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (each a full relay).")] = 1,
     forwarded_allow_ips: Annotated[
         str | None,
-        typer.Option(help="Proxies trusted for X-Forwarded-For (uvicorn's option)."),
+        typer.Option(
+            help="Proxies trusted for X-Forwarded-For, e.g. 10.0.0.5 (default: none; the "
+            "DN allow-list then sees the socket address)."
+        ),
     ] = None,
 ) -> None:
     """Serve the relay (HTTP API, DN hook, metrics)."""
@@ -68,7 +71,10 @@ def serve(
         http="httptools",
         access_log=False,
         log_config=None,
-        forwarded_allow_ips=forwarded_allow_ips,
+        # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default: a local process could
+        # then claim any address to the DN allow-list. Trust only the proxies named.
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips or "",
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=30,
     )

@@ -9,10 +9,12 @@ once `router` exists.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
+from pydantic import BeforeValidator
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -131,6 +133,19 @@ def normalise_to(value: str, region: str) -> tuple[str, Channel | None]:
     return dest.msisdn, ("whatsapp" if prefixed else None)
 
 
+_NUMBER = re.compile(r"\s*[+-]?[0-9]+(\.[0-9]*)?\s*")
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read `since=15` as a Unix timestamp (1970): refuse it instead.
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("must be an ISO 8601 date-time with offset, e.g. 2026-11-24T00:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime | None, BeforeValidator(_iso_only)]
+
+
 def _aware(name: str, value: datetime | None) -> datetime | None:
     # A naive time is refused rather than guessed: UTC and Malaysian time are 8 hours apart.
     if value is not None and value.tzinfo is None:
@@ -173,14 +188,14 @@ async def list_messages(
     client_ref: Annotated[str | None, Query(max_length=64, examples=["otp-7781"])] = None,
     channel: Annotated[Channel | None, Query()] = None,
     since: Annotated[
-        datetime | None,
+        IsoDateTime,
         Query(
             description="Created at or after (ISO 8601 with offset)",
             examples=["2026-11-24T00:00:00Z"],
         ),
     ] = None,
     until: Annotated[
-        datetime | None,
+        IsoDateTime,
         Query(
             description="Created before (ISO 8601 with offset)", examples=["2026-11-25T00:00:00Z"]
         ),

@@ -246,7 +246,8 @@ _OPENAPI_HOOK: dict[str, Any] = {
                         "error-code": {"type": "string", "example": "000"},
                         "msisdn": {"type": "string", "example": "60123240066"},
                     },
-                    "required": ["msgid", "status"],
+                    # Not "required" here: they may come in the query string instead.
+                    "description": "`msgid` and `status` are required, in the body or the query.",
                 }
             }
             for media in (

@@ -55,6 +55,9 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     # uvicorn's access log would print raw paths (the DN token is in one): our middleware
     # logs the route template instead.
     logging.getLogger("uvicorn.access").disabled = True
+    # Driver loggers print SQL parameters (phone numbers, refs) at DEBUG: never let them.
+    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

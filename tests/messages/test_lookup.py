@@ -464,3 +464,12 @@ def test_cursor_round_trips_microseconds_and_offsets() -> None:
     decoded = decode_cursor(encode_cursor(at.astimezone(ZoneInfo("Asia/Tokyo")), 42))
 
     assert decoded.at == at and decoded.id == 42
+
+
+@pytest.mark.parametrize("value", ["15", "1732406400", "-3", "1.5"])
+async def test_a_bare_number_is_not_read_as_a_unix_time(relay: Relay, value: str) -> None:
+    for field in ("since", "until"):
+        r = await relay.client.get("/v1/messages", params={field: value})
+        assert r.status_code == 422
+        assert r.json()["error"] == "validation_error"
+        assert field in r.json()["detail"] and "ISO 8601" in r.json()["detail"]
