@@ -17,8 +17,9 @@ both, the relay's overhead (relay minus direct) and the throughput ratio, plus t
 client's own CPU time so one can see whether the client was the bottleneck.
 
 Also in the same run, a database ceiling: a bare asyncpg loop doing what the relay must do
-durably per one-recipient send (INSERT + COMMIT, then UPDATE + COMMIT), at `--concurrency`,
-from this process, with no HTTP at all. Relay throughput cannot exceed it.
+durably per one-recipient send (INSERT + COMMIT, then UPDATE + COMMIT), at `--concurrency`
+over as many connections as the relay's pool may open (2 x DB_POOL_SIZE), from this process
+after the relay has stopped, with no HTTP at all. Relay throughput cannot exceed it.
 
 `--profile DIR` samples the relay with py-spy (`.venv/bin/pip install py-spy`) during the
 concurrent relay phase and prints the top functions by own and by total time (raw stacks are
@@ -152,9 +153,11 @@ async def run_phase(call: Call, requests: int, concurrency: int) -> dict[str, fl
     }
 
 
-async def db_ceiling(dsn: str, requests: int, concurrency: int) -> dict[str, float]:
+async def db_ceiling(
+    dsn: str, requests: int, concurrency: int, connections: int
+) -> dict[str, float]:
     """The durable minimum per one-recipient send, with no HTTP: INSERT+COMMIT, UPDATE+COMMIT."""
-    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
     latencies: list[float] = []
     counter = iter(range(requests))
 
@@ -383,14 +386,23 @@ async def main() -> None:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
+        # After the relay has gone (its connections too): the same connection budget as the
+        # relay's pool (DB_POOL_SIZE plus as many overflow), the same concurrency.
+        relay.terminate()
+        relay.wait(30)
+        connections = min(args.concurrency, 2 * (args.pool_size or 10))
         ceiling_dsn = make_url(db).set(drivername="postgresql")
         results["db-ceiling", args.concurrency] = await db_ceiling(
-            ceiling_dsn.render_as_string(hide_password=False), args.requests, args.concurrency
+            ceiling_dsn.render_as_string(hide_password=False),
+            args.requests,
+            args.concurrency,
+            connections,
         )
     finally:
         for proc in (relay, sim):
-            proc.terminate()
-            proc.wait(30)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
         await drop_database(admin_dsn, db)
 
     client = "httpx" if args.httpx else "aiohttp"
@@ -416,7 +428,8 @@ async def main() -> None:
     ceiling = results["db-ceiling", args.concurrency]
     direct_rps = results["direct", args.concurrency]["rps"]
     print(
-        f"database ceiling (bare asyncpg INSERT+COMMIT, UPDATE+COMMIT, c={args.concurrency}):"
+        f"database ceiling (bare asyncpg INSERT+COMMIT, UPDATE+COMMIT, c={args.concurrency},"
+        f" {min(args.concurrency, 2 * (args.pool_size or 10))} connections):"
         f" {ceiling['rps']:.0f}/s = {ceiling['rps'] / direct_rps:.2f} x direct; relay reached"
         f" {results['relay', args.concurrency]['rps'] / ceiling['rps']:.2f} of it"
     )
