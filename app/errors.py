@@ -126,6 +126,9 @@ _UNAVAILABLE_NAMES = frozenset(
         "AdminShutdownError",
         "CrashShutdownError",
         "TooManyConnectionsError",
+        # A connection left mid-operation by a cut ("cannot switch to state ...; another
+        # operation is in progress"): unusable, so discarded, and the DN answered 503.
+        "InternalClientError",
     }
 )
 
