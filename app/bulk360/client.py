@@ -422,10 +422,8 @@ class Bulk360Client:
     def _observe(self, endpoint: str, result: str, duration: float, *, recipients: int) -> None:
         UPSTREAM_REQUESTS.labels(endpoint, result).inc()
         UPSTREAM_LATENCY.labels(endpoint).observe(duration)
-        # A plain success is in the metrics and in the send's own log line: DEBUG, one log line
-        # less per send. Anything else stays at INFO.
-        emit = log.debug if result in ("200", "ok") else log.info
-        emit(
+        # One line per upstream call (the contract's operations promise), success included.
+        log.info(
             "bulk360 request",
             endpoint=endpoint,
             result=result,

@@ -69,6 +69,8 @@ async def send_messages(
             alias="Idempotency-Key",
             min_length=1,
             max_length=255,
+            # Printable ASCII only: a NUL cannot be stored in Postgres text (a 500 otherwise).
+            pattern=r"^[\x20-\x7e]+$",
             description="Makes a retry safe: the same key and body are sent at most once.",
         ),
     ] = None,

@@ -29,8 +29,8 @@ the exception: those rows get ids after DNs that arrived later.)
 Postgres goes through asyncpg directly, on a connection checked out of SQLAlchemy's pool per
 batch rather than one held for ever: the checkout costs little per batch (~2 us per DN at the
 batch sizes seen under load), and buys the pool's replacement of connections killed by a
-database restart (`db.create_engine` checks asyncpg's `is_closed()` at checkout). SQLite uses SQLAlchemy Core in the same shape (one
-writer, BEGIN IMMEDIATE: correctness over speed).
+database restart (`db.create_engine` checks asyncpg's `is_closed()` at checkout). SQLite uses
+SQLAlchemy Core in the same shape (one writer, BEGIN IMMEDIATE: correctness over speed).
 """
 
 from __future__ import annotations

@@ -219,6 +219,18 @@ async def test_an_idempotency_key_over_255_characters_is_refused(
     assert await rows(engine) == []
 
 
+@pytest.mark.parametrize("key", [b"abc\x00def", b"abc\x01", "clé".encode("latin-1")])
+async def test_an_idempotency_key_with_control_or_non_ascii_characters_is_refused(
+    relay: Relay, engine: AsyncEngine, key: bytes
+) -> None:
+    r = await relay.client.post(
+        SEND, json={"to": "60123240066", "text": "x"}, headers={"Idempotency-Key": key}
+    )
+    assert r.status_code == 422
+    assert "Idempotency-Key" in r.json()["detail"]
+    assert await rows(engine) == []
+
+
 async def test_more_than_max_recipients_is_a_422(
     make_relay: Any, simulator: Simulator, engine: AsyncEngine
 ) -> None:
