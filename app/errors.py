@@ -45,6 +45,13 @@ def error_response(
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTPException (404, 405, 413, ...) in the error shape."""
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else code
+    return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting the error shape for the given statuses."""
     return {status: {"model": ErrorBody} for status in statuses}
@@ -93,9 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        detail = exc.detail if isinstance(exc.detail, str) else code
-        return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+        return http_error_response(exc)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeoutError)

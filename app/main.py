@@ -15,6 +15,7 @@ from app.db import create_engine, create_sessionmaker
 from app.deps import State
 from app.errors import install_error_handlers
 from app.messages.endpoints import router as messages_router
+from app.notifications.endpoints import DNHookFastPath
 from app.notifications.endpoints import hook_router as dn_hook_router
 from app.notifications.endpoints import router as notifications_router
 from app.notifications.writer import DNWriter
@@ -103,5 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
     # declared oversized body in plain text, outside the error shape.
+    # Added first, so it runs inside RequestMiddleware (request id, log line, metrics).
+    app.add_middleware(DNHookFastPath)
     app.add_middleware(RequestMiddleware, max_body_bytes=MAX_BODY_BYTES)
     return app
