@@ -9,7 +9,8 @@ What it does, in one run:
    postgresql+asyncpg://postgres@127.0.0.1:5432/postgres), migrates it, and seeds messages whose
    refs the DNs will name (plus ~10% DNs for msgids that match nothing);
 2. starts `bulk360-relay serve` (1 worker, uvloop, httptools, LOG_FORMAT=json, LOG_LEVEL=INFO,
-   logs to a file) and drives N DNs with wrk + a Lua script at concurrency C: a third each as
+   logs to a file; BENCH_LOG_LEVEL overrides the level) and drives N DNs with wrk + a Lua
+   script at concurrency C: a third each as
    GET query / POST urlencoded / POST JSON, ~20% duplicates, out-of-order pairs
    (DELIVERED then UNDELIVERED). wrk counts the 200s itself (the hook answers exactly "OK");
 3. verifies: 200s == stored rows; every message carries its last received DN (highest seq),
@@ -247,7 +248,7 @@ def run_relay(
         "API_KEYS": "bench:" + "0" * 64,
         "DN_HOOK_TOKEN": TOKEN,
         "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "PUBLIC_BASE_URL": base,
         **({"DN_BATCH_MAX": str(args.batch_max)} if args.batch_max else {}),
     }
