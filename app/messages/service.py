@@ -9,8 +9,10 @@ The order is the money-safety guarantee (CONTRACT §4.1):
 2. The upstream requests (as few as the 150-character `to` allows, concurrently, bounded).
 3. One transaction fills in refs and statuses: `lock_refs` first (a DN writer may be recording
    a DN for one of these refs), the updates, `attach_dns` (a DN may have beaten the answer),
-   the stored Idempotency-Key response, then COMMIT, then the answer. If this transaction
-   fails the rows stay `unknown` and the refs are logged at WARNING for reconciliation.
+   the stored Idempotency-Key response, then COMMIT, then the answer. While the database is
+   unreachable it is retried for ~1.5 s (it only updates rows still `unknown` without a ref,
+   so repeating a COMMIT that did land changes nothing); if it still fails, the rows stay
+   `unknown` and the refs are logged at WARNING for reconciliation.
 
 The relay never resends on its own: when the provider may have acted (timeout, dropped
 connection, 5xx, unreadable answer) the rows stay `unknown` and the caller gets 502/504.
@@ -23,6 +25,7 @@ lists every entry with its own status, so any accepted parts and their refs are 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -75,6 +78,8 @@ log = structlog.get_logger("app.messages")
 
 _messages = cast(Table, Message.__table__)
 _DESC_MAX = 255
+# Backoff between attempts to record the provider's answer while the database is away.
+_RECORD_RETRY_DELAYS_S = (0.1, 0.4, 1.0)
 
 
 @dataclass(slots=True)
@@ -191,20 +196,30 @@ class SendService:
         response = None
         if idempotency_key is not None:
             response = (api_key_name, idempotency_key, status, body)
-        try:
-            if postgres:
-                await _record_answer_pg(engine, entries, response)
-            else:
-                await self._record_answer(sessions, entries, response)
-        except Exception as exc:
-            # The provider has acted: answer what it said; the rows stay `unknown`.
-            log.warning(
-                "send answer not recorded: rows stay unknown; reconcile these refs",
-                send_id=send_id,
-                refs={str(e.id): e.ref for e in entries if e.ref},  # message id -> ref
-                error=type(exc).__name__,
-                exc_info=not is_database_unavailable(exc),
-            )
+        # The provider has acted and its answer is only in memory: if the database is away,
+        # try again for a little while (safe: the row updates only touch rows still as step 1
+        # left them, so a COMMIT that did land before the connection died is not undone).
+        for delay in (*_RECORD_RETRY_DELAYS_S, None):
+            try:
+                if postgres:
+                    await _record_answer_pg(engine, entries, response)
+                else:
+                    await self._record_answer(sessions, entries, response)
+                break
+            except Exception as exc:
+                if delay is not None and is_database_unavailable(exc):
+                    log.warning("send answer: database unavailable, retrying", send_id=send_id)
+                    await asyncio.sleep(delay)
+                    continue
+                # Answer what the provider said anyway; the rows stay `unknown`.
+                log.warning(
+                    "send answer not recorded: rows stay unknown; reconcile these refs",
+                    send_id=send_id,
+                    refs={str(e.id): e.ref for e in entries if e.ref},  # message id -> ref
+                    error=type(exc).__name__,
+                    exc_info=not is_database_unavailable(exc),
+                )
+                break
         for e in entries:
             SENDS.labels(e.outcome).inc()
         log.info(
@@ -485,9 +500,15 @@ def _answer(
     return status, orjson.dumps(body)
 
 
+# Guarded on the row still being as step 1 left it, so that running the answer again (after a
+# COMMIT whose outcome was lost with the connection) can never undo a later DN's status.
 _UPDATE = (
     update(_messages)
-    .where(_messages.c.id == bindparam("b_id"))
+    .where(
+        _messages.c.id == bindparam("b_id"),
+        _messages.c.status == "unknown",
+        _messages.c.ref.is_(None),
+    )
     .values(
         status=bindparam("b_status"),
         ref=bindparam("b_ref"),
@@ -557,7 +578,7 @@ WITH v AS (
 UPDATE messages m SET status = v.status, ref = v.ref, submit_code = v.code,
     submit_desc = v.descr, rate = v.rate, currency = v.currency,
     submitted_at = v.submitted_at, updated_at = $9
-FROM v WHERE m.id = v.id
+FROM v WHERE m.id = v.id AND m.status = 'unknown' AND m.ref IS NULL
 """
 # `attach_dns` for every ref at once: DNs stored before their message had a ref.
 _ATTACH_DNS_PG = """
@@ -623,31 +644,18 @@ async def _record_answer_pg(
         status,
         body.decode() if body is not None else None,
     )
-    for attempt in (1, 2):
+    async with _raw_pg(engine) as apg:
+        tr = apg.transaction()
+        await tr.start()
         committing = False
         try:
-            async with _raw_pg(engine) as apg:
-                tr = apg.transaction()
-                await tr.start()
-                try:
-                    await lock_refs_pg(apg, sorted(refs.values()))
-                    await apg.execute(_RECORD_ANSWER_PG, *args)
-                    await attach_dns(apg, refs)
-                    committing = True
-                    await tr.commit()
-                except BaseException:
-                    if not committing:
-                        with contextlib.suppress(Exception):
-                            await tr.rollback()
-                    raise
-            return
-        except Exception as exc:
-            # A connection lost before COMMIT was sent: the server dropped the transaction,
-            # nothing of it happened, so it is safe to run it once more on a fresh
-            # connection (the answer is already in hand; losing it would leave `unknown`
-            # rows). After COMMIT was sent the outcome is unknown: never repeat it.
-            if attempt == 2 or committing or not is_database_unavailable(exc):
-                raise
-            log.warning(
-                "send answer: database connection lost, retrying once", error=type(exc).__name__
-            )
+            await lock_refs_pg(apg, sorted(refs.values()))
+            await apg.execute(_RECORD_ANSWER_PG, *args)
+            await attach_dns(apg, refs)
+            committing = True
+            await tr.commit()
+        except BaseException:
+            if not committing:
+                with contextlib.suppress(Exception):
+                    await tr.rollback()
+            raise

@@ -485,6 +485,48 @@ async def test_when_the_answer_cannot_be_recorded_the_refs_are_logged_for_reconc
     assert any(ref in line and "reconcile" in line for line in warnings)
 
 
+async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
+    relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_attach = service.attach_dns
+    calls = 0
+
+    async def attach_failing_once(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the connection dies mid fill-in, once
+            raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
+        await real_attach(*args)
+
+    monkeypatch.setattr(service, "attach_dns", attach_failing_once)
+    r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
+    assert r.status_code == 201
+    [row] = await rows(engine)
+    assert (row["status"], row["ref"]) == ("pending", r.json()["messages"][0]["ref"])
+    assert calls == 2
+
+
+async def test_recording_the_answer_again_never_undoes_a_later_dn(
+    relay: Relay, engine: AsyncEngine, simulator: Simulator
+) -> None:
+    """The retry is safe after a COMMIT that did land: it only touches rows still `unknown`."""
+    r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
+    ref = r.json()["messages"][0]["ref"]
+    dn = await relay.client.post(relay.dn_path(), data={"msgid": ref, "status": "DELIVERED"})
+    assert dn.status_code == 200
+    [row] = await rows(engine)
+    entry = service._Entry(  # the same answer, recorded a second time
+        service.Destination(channel="sms", msisdn="60123240066"), "gsm7", 1, id=row["id"]
+    )
+    entry.status, entry.ref, entry.code, entry.answered = "pending", ref, 200, True
+    if engine.dialect.name == "postgresql":
+        await service._record_answer_pg(relay.state.engine, [entry], None)
+    else:
+        await service.send_service._record_answer(relay.state.sessionmaker, [entry], None)
+    [row] = await rows(engine)
+    assert (row["status"], row["ref"]) == ("delivered", ref)
+
+
 # -- DNs and logs -------------------------------------------------------------------------
 
 
