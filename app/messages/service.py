@@ -10,7 +10,7 @@ The order is the money-safety guarantee (CONTRACT §4.1):
 3. One transaction fills in refs and statuses: `lock_refs` first (a DN writer may be recording
    a DN for one of these refs), the updates, `attach_dns` (a DN may have beaten the answer),
    the stored Idempotency-Key response, then COMMIT, then the answer. While the database is
-   unreachable it is retried for ~1.5 s (it only updates rows still `unknown` without a ref,
+   unreachable it is retried for ~5 s (it only updates rows still `unknown` without a ref,
    so repeating a COMMIT that did land changes nothing); if it still fails, the rows stay
    `unknown` and the refs are logged at WARNING for reconciliation.
 
@@ -79,7 +79,7 @@ log = structlog.get_logger("app.messages")
 _messages = cast(Table, Message.__table__)
 _DESC_MAX = 255
 # Backoff between attempts to record the provider's answer while the database is away.
-_RECORD_RETRY_DELAYS_S = (0.1, 0.4, 1.0)
+_RECORD_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0)  # ~5 s: a database restart
 
 
 @dataclass(slots=True)

@@ -471,6 +471,7 @@ async def test_when_the_answer_cannot_be_recorded_the_refs_are_logged_for_reconc
         raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
 
     monkeypatch.setattr(service, "attach_dns", failing_attach)
+    monkeypatch.setattr(service, "_RECORD_RETRY_DELAYS_S", (0.0, 0.0))  # retried, then given up
     lines = LogCapture()
     logging.getLogger().addHandler(lines)
     try:
