@@ -76,27 +76,17 @@ import orjson
 import structlog
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from app.bulk360.codes import SUBMIT_CODES
+from app.bulk360.segments import RM0_PREFIX, Encoding, count_segments
+
 log = structlog.get_logger("app.bulk360.simulator")
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a password
 SEND_PATH = "/api/bulk360/v2.0"
 
-DESCS = {
-    200: "OK",
-    400: "Missing parameters or invalid field type",
-    401: "Invalid Username or password",
-    402: "Insufficient Account credit",
-    403: (
-        "Email or Mobile Number not verify, message API not enabled, "
-        "requested IP not whitelisted or not enabled"
-    ),
-    405: "Invalid Message Type",
-    406: "Message content is not approved",
-    407: "Banned Content detected. Your account is suspended",
-    412: "Account suspended / Terminated / Not activated",
-    413: "Account under observation mode, limited features enabled",
-    500: "Internal server error",
-}
+# The doc's table (codes.py), with 406 cut to its first sentence: the rest is advice to the
+# reader of the doc, not what an API answer would carry.
+DESCS = {**SUBMIT_CODES, 406: "Message content is not approved"}
 INVALID_CLIENT = {
     "error": "invalid_client",
     "error_description": "Client authentication failed",
@@ -112,30 +102,6 @@ _FAULTS = ("0900", "0901", "0902")
 _EVEN_RATE, _ODD_RATE = Decimal("0.11"), Decimal("0.25")
 _CENTS4 = Decimal("0.0001")
 _ALNUM = string.digits + string.ascii_letters
-
-_GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")
-
-
-def _segments(text: str) -> tuple[str, int]:
-    """(encoding, segments) of one SMS text; a character never straddles two segments."""
-    if all(c in _GSM7_BASIC or c in _GSM7_EXTENDED for c in text):
-        encoding, single, part = "gsm7", 160, 153
-        units = [2 if c in _GSM7_EXTENDED else 1 for c in text]
-    else:
-        encoding, single, part = "ucs2", 70, 67
-        units = [2 if ord(c) > 0xFFFF else 1 for c in text]
-    if sum(units) <= single:
-        return encoding, 1
-    count, used = 1, 0
-    for unit in units:
-        if used + unit > part:
-            count, used = count + 1, 0
-        used += unit
-    return encoding, count
 
 
 def _money(value: Decimal) -> str:
@@ -401,16 +367,16 @@ class Simulator:
                 return _json({"code": code, "desc": DESCS[code]}, code)
 
         balance_before = self.balance
-        accepted: list[tuple[int, _Recipient, int, str]] = []
+        accepted: list[tuple[int, _Recipient, int, Encoding]] = []
         for i, r in enumerate(recipients):
             if r.special in _REJECT_CODES:
                 continue
             if r.channel == "sms" and r.msisdn.startswith("60"):
-                encoding, segments = _segments("RM0 " + text)  # the provider's own prefix
+                encoding, segments = count_segments(text, prefix=RM0_PREFIX)  # the provider's own
             elif r.channel == "sms":
-                encoding, segments = _segments(text)
+                encoding, segments = count_segments(text)
             else:
-                encoding, segments = _segments(text)[0], 1  # WhatsApp: one charge per message
+                encoding, segments = count_segments(text)[0], 1  # WhatsApp: one charge per message
             accepted.append((i, r, segments, encoding))
         total = sum((r.rate * segments for _, r, segments, _ in accepted), Decimal(0))
         if total > balance_before:
