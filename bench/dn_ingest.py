@@ -233,6 +233,25 @@ def dn_answers(base: str) -> float:
     )
 
 
+def writer_stats(base: str) -> dict[str, float]:
+    """Batches committed, their mean size and mean duration, from the relay's own metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+
+    def metric(name: str) -> float:
+        found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    batches = metric("relay_dn_writer_batch_size_count")
+    return {
+        "batches": batches,
+        "batch_mean": metric("relay_dn_writer_batch_size_sum") / batches if batches else 0.0,
+        "batch_ms": 1000 * metric("relay_dn_writer_batch_duration_seconds_sum") / batches
+        if batches
+        else 0.0,
+    }
+
+
 def run_relay(
     args: argparse.Namespace, db_url: str, tmp: Path, plan: list[tuple[str, str, str, str]]
 ) -> dict[str, float]:
@@ -327,6 +346,7 @@ def run_relay(
             profiler.wait(timeout=args.profile + 30)
             result["profile"] = str(tmp / "profile.txt")  # type: ignore[assignment]
         result["cpu_ms_per_dn"] = 1000 * (cpu_s(proc.pid) - cpu_before) / len(plan)
+        result.update(writer_stats(base))
         result["elapsed_s"] = elapsed
         result["rss_before_mb"] = rss_before
         result["rss_after_mb"] = rss_mb(proc.pid)
@@ -536,6 +556,10 @@ async def main() -> None:
     print(
         f"  latency p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms; "
         f"relay CPU {relay['cpu_ms_per_dn']:.3f} ms per DN"
+    )
+    print(
+        f"  writer: {relay['batches']:,.0f} batches, mean {relay['batch_mean']:.0f} DNs, "
+        f"mean {relay['batch_ms']:.1f} ms from checkout to COMMIT"
     )
     print(
         f"  RSS before {relay['rss_before_mb']:.1f} MB, after {relay['rss_after_mb']:.1f} MB "

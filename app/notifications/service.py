@@ -20,24 +20,28 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-# The message's status follows its last DN; an unrecognised raw status is not final, so a
-# delivered/undelivered message goes back to pending, anything else keeps its status.
-_SET_FROM_LAST_DN = """
-    last_dn_seq = d.id,
-    dn_count = (SELECT count(*) FROM delivery_notifications c WHERE c.message_id = messages.id),
-    delivery_status = d.status,
-    error_code = d.error_code,
-    error_description = d.error_description,
-    status = CASE upper(d.status)
+# The message's delivery fields, from its last DN `d`. An unrecognised raw status is not
+# final: a delivered/undelivered message goes back to pending, anything else keeps its status.
+_FROM_LAST_DN = {
+    "last_dn_seq": "d.id",
+    "delivery_status": "d.status",
+    "error_code": "d.error_code",
+    "error_description": "d.error_description",
+    "status": """CASE upper(d.status)
         WHEN 'DELIVERED' THEN 'delivered'
         WHEN 'UNDELIVERED' THEN 'undelivered'
         ELSE CASE WHEN messages.status IN ('delivered', 'undelivered') THEN 'pending'
                   ELSE messages.status END
-        END,
-    final_at = CASE WHEN upper(d.status) IN ('DELIVERED', 'UNDELIVERED')
-                    THEN d.received_at ELSE NULL END,
-    updated_at = CURRENT_TIMESTAMP
-"""
+        END""",
+    "final_at": """CASE WHEN upper(d.status) IN ('DELIVERED', 'UNDELIVERED')
+                    THEN d.received_at ELSE NULL END""",
+}
+_SET_FROM_LAST_DN = (
+    "\n    dn_count = (SELECT count(*) FROM delivery_notifications c"  # noqa: S608 - fixed text
+    " WHERE c.message_id = messages.id),\n"
+    + "".join(f"    {column} = {expr},\n" for column, expr in _FROM_LAST_DN.items())
+    + "    updated_at = CURRENT_TIMESTAMP\n"
+)
 # Never move a message back to an older DN, whatever the commit order.
 _ONLY_FORWARD = "(messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)"
 
@@ -72,6 +76,19 @@ _REFRESH_PG = (
 WHERE messages.id = d.message_id
   AND """
     + _ONLY_FORWARD
+)
+
+# The DN writer's batch (Postgres): `d` is each matched message's newest DN of the batch and
+# `d.n` its count of DNs in the batch. Only the count is added (exact: every writer of a msgid
+# holds its lock); the delivery fields move forward only. One pass over the new rows, none over
+# a message's history.
+APPLY_BATCH_SET = (
+    "dn_count = messages.dn_count + d.n,\n"
+    + "".join(
+        f"    {column} = CASE WHEN {_ONLY_FORWARD} THEN {expr} ELSE messages.{column} END,\n"
+        for column, expr in _FROM_LAST_DN.items()
+    )
+    + "    updated_at = CURRENT_TIMESTAMP"
 )
 
 _LOCK_SQL = (

@@ -8,9 +8,10 @@ so under load one fsync covers hundreds of DNs instead of one.
 In that transaction, in this order (Postgres):
 1. `pg_advisory_xact_lock` on every distinct msgid, sorted: the same lock the send path takes
    on a ref it records (`service.lock_refs`), so a DN and its message never race;
-2. one `INSERT ... SELECT ... FROM unnest(...) WITH ORDINALITY ORDER BY ordinality`, which
-   draws ids (the receipt sequence) in arrival order and sets `message_id` from `messages.ref`;
-3. the matched messages are recomputed from their DN with the highest id.
+2. one statement: `INSERT ... SELECT ... FROM unnest(...) WITH ORDINALITY ORDER BY ordinality`,
+   which draws ids (the receipt sequence) in arrival order and sets `message_id` from
+   `messages.ref`, and an UPDATE of the matched messages from the newest DN of the batch (only
+   forward) with their DN count increased by the batch's.
 
 Failures:
 - queue full, writer stopping, or the database recently failed (the breaker is open for
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -47,8 +49,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.config import Settings
 from app.errors import is_database_unavailable
 from app.models import DeliveryNotification, Message
-from app.notifications.service import lock_refs_pg, refresh_messages, refresh_messages_pg
-from app.ops.metrics import DN_BATCH_SIZE, DN_QUEUE_DEPTH
+from app.notifications.service import APPLY_BATCH_SET, lock_refs_pg, refresh_messages
+from app.ops.metrics import DN_BATCH_SECONDS, DN_BATCH_SIZE, DN_QUEUE_DEPTH
 
 log = structlog.get_logger("app.dn_writer")
 
@@ -56,7 +58,10 @@ log = structlog.get_logger("app.dn_writer")
 # then let the next batch probe the database again.
 BREAKER_OPEN_S = 1.0
 
-_INSERT_PG = """
+# The whole batch in one statement (after the locks): insert in arrival order, drawing ids
+# (the receipt sequence) and matching messages.ref; then move each matched message to its
+# newest DN (service.APPLY_BATCH_SET: never backwards, counted exactly).
+_STORE_HEAD = """
 WITH ins AS (
     INSERT INTO delivery_notifications
         (msgid, status, error_code, error_description, msisdn, raw, received_at, message_id)
@@ -67,10 +72,16 @@ WITH ins AS (
          AS t(msgid, status, error_code, error_description, msisdn, raw, ts, ord)
     LEFT JOIN messages m ON m.ref = t.msgid
     ORDER BY t.ord
-    RETURNING message_id
+    RETURNING id, message_id, status, error_code, error_description, received_at
+), d AS (
+    SELECT DISTINCT ON (message_id) id, message_id, status, error_code, error_description,
+           received_at, count(*) OVER (PARTITION BY message_id) AS n
+    FROM ins WHERE message_id IS NOT NULL
+    ORDER BY message_id, id DESC
 )
-SELECT DISTINCT message_id FROM ins WHERE message_id IS NOT NULL
-"""
+UPDATE messages SET """
+_STORE_TAIL = "\nFROM d WHERE messages.id = d.message_id\n"
+_STORE_PG = _STORE_HEAD + APPLY_BATCH_SET + _STORE_TAIL  # fixed text only: noqa: S608
 
 
 class InboundDN(NamedTuple):
@@ -237,6 +248,7 @@ class DNWriter:
             self._in_flight -= len(batch)
 
     async def _write_batch(self, batch: list[_Item], turn: _Turn) -> None:
+        started = time.perf_counter()
         try:
             await self._commit([dn for dn, _ in batch], turn)
         except Exception as exc:
@@ -254,6 +266,7 @@ class DNWriter:
         finally:
             turn.release()
         self._down_until = 0.0
+        DN_BATCH_SECONDS.observe(time.perf_counter() - started)
         DN_BATCH_SIZE.observe(len(batch))
         for _, fut in batch:
             if not fut.done():
@@ -313,11 +326,9 @@ async def insert_batch_pg(apg: Any, dns: list[InboundDN], turn: _Turn | None = N
     # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send
     # that held the lock, and a send waiting for the lock sees these DNs once we commit.
     await lock_refs_pg(apg, sorted(set(msgids)))
-    matched = await apg.fetch(_INSERT_PG, msgids, statuses, codes, descs, msisdns, raws, stamps)
+    await apg.execute(_STORE_PG, msgids, statuses, codes, descs, msisdns, raws, stamps)
     if turn is not None:
         turn.release()  # ids drawn: the next batch may start while this one commits
-    if matched:
-        await refresh_messages_pg(apg, [row[0] for row in matched])
 
 
 async def _insert_sqlite(conn: AsyncConnection, dns: list[InboundDN]) -> None:

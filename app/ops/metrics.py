@@ -49,6 +49,11 @@ DN_BATCH_SIZE = Histogram(
     "DNs committed per writer transaction",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
+DN_BATCH_SECONDS = Histogram(
+    "relay_dn_writer_batch_duration_seconds",
+    "Time from a writer batch's start (connection checkout) to its COMMIT",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 UPSTREAM_TOKEN_STATE = Gauge(
     "relay_upstream_token_state",
     "1 for the current state of the cached OAuth2 token (none, valid, expired, failing)",

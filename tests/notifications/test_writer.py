@@ -525,3 +525,52 @@ async def test_dn_sequence_is_a_database_sequence(db_url: str, engine: AsyncEngi
             )
         )
     assert "nextval" in str(default)
+
+
+async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """The writer's one-statement batch (Postgres): several DNs of one message in one batch,
+    counts added across batches, a DN with no message, and never a step backwards."""
+    needs_postgres(db_url)
+    first = await add_message(engine, "batch-1")
+    second = await add_message(engine, "batch-2")
+    now = time.time()
+
+    def dn(msgid: str, status: str, code: str) -> InboundDN:
+        return InboundDN(msgid, status, code, f"desc {code}", None, "{}", now)
+
+    conn = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        async with conn.transaction():
+            await insert_batch_pg(
+                conn,
+                [
+                    dn("batch-1", "UNDELIVERED", "501"),
+                    dn("batch-2", "DELIVERED", "000"),
+                    dn("batch-1", "DELIVERED", "000"),
+                    dn("nobody", "DELIVERED", "000"),
+                    dn("batch-1", "ACCEPTED", "000"),  # last received: not final
+                ],
+            )
+        one, two = await message(engine, first), await message(engine, second)
+        assert (one["status"], one["delivery_status"]) == ("pending", "ACCEPTED")
+        assert one["dn_count"] == 3
+        assert one["last_dn_seq"] == (await dns(engine, "batch-1"))[-1]["id"]
+        assert (two["status"], two["dn_count"], two["error_code"]) == ("delivered", 1, "000")
+
+        async with conn.transaction():
+            await insert_batch_pg(conn, [dn("batch-1", "UNDELIVERED", "510")])
+        one = await message(engine, first)
+        assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 4)
+        assert one["error_description"] == "desc 510" and one["final_at"] is not None
+
+        # A newer DN already applied (as a late commit would find it): the count still grows,
+        # the delivery fields stay.
+        await conn.execute("UPDATE messages SET last_dn_seq = 1000000000 WHERE id = $1", first)
+        async with conn.transaction():
+            await insert_batch_pg(conn, [dn("batch-1", "DELIVERED", "000")])
+        one = await message(engine, first)
+        assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 5)
+    finally:
+        await conn.close()
