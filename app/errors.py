@@ -113,13 +113,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        # asyncpg's own errors can escape SQLAlchemy unwrapped (a connection dying during its
-        # set-up): still "the database is unreachable", never a 500.
-        if is_database_unavailable(exc):
-            log.warning("database_unavailable", error=type(exc).__name__)
-            return database_unavailable_response()
-        log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
-        return error_response(500, "internal_error", "an unexpected error occurred")
+        return unexpected_error_response(exc)
+
+
+def unexpected_error_response(exc: Exception) -> JSONResponse:
+    """The answer to an exception nothing else handled (logged, without its arguments)."""
+    # asyncpg's own errors can escape SQLAlchemy unwrapped (a connection dying during its
+    # set-up): still "the database is unreachable", never a 500.
+    if is_database_unavailable(exc):
+        log.warning("database_unavailable", error=type(exc).__name__)
+        return database_unavailable_response()
+    log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred")
 
 
 _UNAVAILABLE_NAMES = frozenset(

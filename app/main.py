@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.bulk360.client import Bulk360Client
@@ -37,6 +39,18 @@ Relay between internal services and the Bulk360 SMS/WhatsApp gateway.
 
 Every error answers `{"error": "<machine_code>", "detail": "<human text>"}`.
 """
+
+
+class RelayApp(FastAPI):
+    """FastAPI with the DN hook's fast path in front of its whole middleware stack
+    (`DNHookFastPath`: right-token DNs are answered there, everything else comes here)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._front = DNHookFastPath(super().__call__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._front(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await simulator.stop()
             await engine.dispose()
 
-    app = FastAPI(
+    app = RelayApp(
         title="bulk360-relay",
         version=__version__,
         description=DESCRIPTION,
@@ -104,7 +118,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
     # declared oversized body in plain text, outside the error shape.
-    # Added first, so it runs inside RequestMiddleware (request id, log line, metrics).
-    app.add_middleware(DNHookFastPath)
     app.add_middleware(RequestMiddleware, max_body_bytes=MAX_BODY_BYTES)
     return app

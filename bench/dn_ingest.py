@@ -198,17 +198,30 @@ def wrk_json(output: str) -> dict[str, float]:
     raise RuntimeError(f"wrk printed no result:\n{output[-2000:]}")
 
 
+def family(pid: int) -> list[int]:
+    """The process and its children (uvicorn's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(c) for c in children)]
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the process and its workers."""
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process: unlike req/s, barely moved by other load."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its workers: unlike req/s, barely moved by
+    other load."""
+    total = 0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -271,10 +284,17 @@ def run_relay(
         "PUBLIC_BASE_URL": base,
         **({"DN_BATCH_MAX": str(args.batch_max)} if args.batch_max else {}),
     }
+    if args.workers > 1:  # metrics of every worker in one /metrics answer
+        (tmp / "prom").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "prom")
     log_path = tmp / "relay.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                *("-m", "app.cli", "serve", "--port", str(port)),
+                *("--workers", str(args.workers)),
+            ],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -489,6 +509,9 @@ async def main() -> None:
     parser.add_argument("--profile-out", default="/tmp/dn_ingest_profile.txt")
     parser.add_argument("--batch-max", type=int, default=0, help="DN_BATCH_MAX for the relay")
     parser.add_argument("--keep-log", help="copy the relay's log here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="relay worker processes (baselines keep 1)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get update && apt-get install -y wrk")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -32,9 +33,20 @@ MAX_HEADERS = 100
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
+    """`bind_context=False` for an app that logs nothing of its own while it handles a request
+    (the DN hook): the request id then goes into the request's log line only, which saves
+    binding and unbinding a context variable per request."""
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int | None = None, bind_context: bool = True
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.bind_context = bind_context
+        # Metric children by label values: labels() validates and converts its arguments on
+        # every call. Bounded: methods, route templates and status codes are small sets.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +78,8 @@ class RequestMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid_header)]
             await send(message)
 
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if self.bind_context:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             refusal = self._refusal(len(scope["headers"]), header_bytes, declared_length)
             if refusal is not None:
@@ -80,16 +93,33 @@ class RequestMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(duration)
-            log.info(
-                "request",
-                method=method,
-                route=template,
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-            )
-            structlog.contextvars.unbind_contextvars("request_id")
+            counter = self._counted.get((method, template, status))
+            if counter is None:
+                counter = HTTP_REQUESTS.labels(method, template, str(status))
+                self._counted[(method, template, status)] = counter
+            counter.inc()
+            timer = self._timed.get((method, template))
+            if timer is None:
+                timer = self._timed[(method, template)] = HTTP_LATENCY.labels(method, template)
+            timer.observe(duration)
+            if self.bind_context:
+                log.info(
+                    "request",
+                    method=method,
+                    route=template,
+                    status=status,
+                    duration_ms=round(duration * 1000, 2),
+                )
+                structlog.contextvars.unbind_contextvars("request_id")
+            else:
+                log.info(
+                    "request",
+                    request_id=request_id,
+                    method=method,
+                    route=template,
+                    status=status,
+                    duration_ms=round(duration * 1000, 2),
+                )
 
     def _refusal(self, headers: int, header_bytes: int, declared_length: bytes) -> Response | None:
         if headers > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
