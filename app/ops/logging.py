@@ -3,6 +3,13 @@
 Nothing here ever receives a secret, a token, an API key or a message text: callers log
 identifiers, counts and outcomes only. uvicorn's own loggers are routed through the same
 renderer so there is one format per process.
+
+The relay writes a line per request, thousands a second on the DN hook, so the line is cheap:
+our own events are rendered once, inside structlog, and handed to the standard library
+already rendered (`_Formatter` passes them through); only other libraries' records go
+through structlog's `ProcessorFormatter`. The standard library is told not to look up the
+caller's source file, thread and process for each record: no line shows them. Together
+that is about half the cost of a line.
 """
 
 from __future__ import annotations
@@ -14,9 +21,18 @@ from typing import Any
 import orjson
 import structlog
 
+_RENDERED = "_relay_rendered"  # set on records whose message is the finished line
+
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, _RENDERED, False):
+            return str(record.msg)
+        return super().format(record)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
@@ -37,16 +53,24 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
 
+    def render(logger: Any, method: str, event: Any) -> tuple[tuple[str], dict[str, Any]]:
+        return (renderer(logger, method, event),), {"extra": {_RENDERED: True}}
+
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*shared, render],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
+    # Documented optimisations (logging HOWTO, "Optimization"): no line prints these.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
