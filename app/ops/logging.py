@@ -67,7 +67,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     # Documented optimisations (logging HOWTO, "Optimization"): no line prints these.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
