@@ -358,13 +358,14 @@ class DNHookFastPath:
     of FastAPI's middleware stack: its layers (error, telemetry, body limit, exceptions, exit
     stack, routing) each cost CPU on every request and on every resumption of the request's
     coroutine chain. A right-token DN gets the request middleware (request id, metrics, log
-    line) and the hook; anything else, a wrong token included, goes to `app` unchanged, so its
-    404 stays byte-identical to an unknown path's.
+    line: at DEBUG for a 200, see `RequestMiddleware`) and the hook; anything else, a wrong
+    token included, goes to `app` unchanged, so its 404 stays byte-identical to an unknown
+    path's.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._instrumented = RequestMiddleware(self._answer, bind_context=False)
+        self._instrumented = RequestMiddleware(self._answer, hot_path=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

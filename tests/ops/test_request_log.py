@@ -1,0 +1,60 @@
+"""One log line per request; the DN hook's 200s at DEBUG (stored and counted anyway)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from typing import Any
+
+import pytest
+
+from tests.conftest import DN_TOKEN, Relay
+
+HOOK = f"/dn/{DN_TOKEN}"
+
+
+class Lines(logging.Handler):
+    """Request lines as the process writes them (with the root handler's formatter)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.getLogger().handlers[0].formatter)
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = json.loads(self.format(record))
+        if line["event"] == "request":
+            self.lines.append(line)
+
+
+@contextmanager
+def request_lines() -> Iterator[list[dict[str, Any]]]:
+    handler = Lines()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+async def test_dn_200s_are_logged_at_debug_and_everything_else_at_info(
+    make_relay: Callable[..., AbstractAsyncContextManager[Relay]], level: str
+) -> None:
+    async with make_relay("http://127.0.0.1:9", log_level=level) as relay:
+        with request_lines() as lines:
+            stored = await relay.client.get(HOOK, params={"msgid": "m1", "status": "DELIVERED"})
+            refused = await relay.client.get(HOOK, params={"status": "DELIVERED"})
+            health = await relay.client.get("/healthz", headers={"X-Request-ID": "h-1"})
+
+    assert (stored.status_code, refused.status_code, health.status_code) == (200, 400, 200)
+    seen = [(line["route"], line["status"], line["level"]) for line in lines]
+    expected = [("/dn/{token}", 400, "info"), ("/healthz", 200, "info")]
+    if level == "DEBUG":
+        expected.insert(0, ("/dn/{token}", 200, "debug"))
+    assert seen == expected
+    # Each line carries its request's id, on the hook too (no context variable there).
+    assert [line["request_id"] for line in lines][-1] == "h-1"
+    assert all(len(line["request_id"]) == 32 for line in lines[:-1])
