@@ -62,7 +62,7 @@ def serve(
         os.environ["PUBLIC_BASE_URL"] = f"http://{shown}:{port}"
     settings = _settings()  # refuse to start on a bad configuration, before binding
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:serve_app",
         factory=True,
         host=host,
         port=port,

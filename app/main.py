@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,7 +54,23 @@ class RelayApp(FastAPI):
         await self._front(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def serve_app() -> FastAPI:
+    """The app as `bulk360-relay serve` runs it (uvicorn's factory, once per worker)."""
+    return create_app(tune_gc=True)
+
+
+def _tune_gc() -> None:
+    """For a long-running server process, once started: what was loaded and built so far
+    (modules, the app, the settings) lives as long as the process, so the collector stops
+    re-scanning it (`gc.freeze`), and young-generation collections run every 20,000
+    allocations instead of 700 (requests allocate many short-lived objects, nearly all freed
+    by reference counting anyway). About a tenth of the send path's CPU went to collections."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
 
@@ -92,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dn_writer=dn_writer,
             simulator=simulator,
         )
+        if tune_gc:
+            _tune_gc()
         try:
             yield {"relay": state}
         finally:

@@ -246,7 +246,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
             "raw",
             "-o",
             str(out),
-            "--nonblocking",
+            "--gil",  # samples holding the GIL: where the CPU goes, not the waits
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
