@@ -144,10 +144,14 @@ async def attach_dns(session: AsyncSession, refs_by_message: dict[int, str]) -> 
 # ---- the same rule on a raw asyncpg connection (the DN writer's hot path) -------------------
 
 
-async def lock_refs_pg(conn: Any, refs: Sequence[str]) -> None:
-    """`lock_refs` for an asyncpg connection inside a transaction."""
-    if refs:
-        await conn.execute(_LOCK_SQL.format(param="$1::text[]"), list(refs))
+_LOCK_PG = _LOCK_SQL.format(param="$1::text[]")
+
+
+async def lock_refs_pg(conn: Any, refs: Sequence[str], *, prepare: bool = False) -> None:
+    """`lock_refs` for an asyncpg connection inside a transaction (`prepare`: run it even
+    with no refs, to have the statement prepared on this connection)."""
+    if refs or prepare:
+        await conn.execute(_LOCK_PG, list(refs))
 
 
 async def refresh_messages_pg(conn: Any, message_ids: Sequence[int]) -> None:

@@ -155,7 +155,30 @@ class DNWriter:
     async def start(self) -> None:
         if self._task is None:
             self._closing = False
+            if self._postgres:
+                await self._warm_up()
             self._task = asyncio.create_task(self._run(), name="dn-writer")
+
+    async def _warm_up(self) -> None:
+        """Open the pipeline's connections and prepare its statements before the first DN.
+
+        Otherwise the first burst after a start waits for connection set-up and planning
+        (some hundred milliseconds). Best effort: a database that is down now is the
+        breaker's business once DNs arrive, not a reason to refuse to start."""
+
+        async def one() -> None:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                apg: Any = raw.driver_connection
+                async with apg.transaction():
+                    await lock_refs_pg(apg, [], prepare=True)
+                    await apg.execute(_STORE_PG, [], [], [], [], [], [], [])
+
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(one() for _ in range(PIPELINE)))
+        except Exception as exc:
+            log.warning("dn_writer_warm_up_failed", error=type(exc).__name__)
 
     async def stop(self) -> None:
         """Refuse new DNs, then write (or, if the database is down, fail) every queued one."""

@@ -23,7 +23,7 @@ from app.deps import State
 from app.main import create_app
 from app.models import Message
 from app.notifications.service import attach_dns, lock_refs, refresh_messages_pg
-from app.notifications.writer import DNStoreError, InboundDN, insert_batch_pg
+from app.notifications.writer import PIPELINE, DNStoreError, InboundDN, insert_batch_pg
 from tests.conftest import DN_TOKEN, Relay, relay_settings
 from tests.notifications.helpers import add_message, dns, message
 from tests.servers import free_port
@@ -574,3 +574,12 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
         assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 5)
     finally:
         await conn.close()
+
+
+async def test_writer_opens_its_connections_before_the_first_dn(db_url: str) -> None:
+    """A burst right after a start does not wait for connection set-up (Postgres)."""
+    needs_postgres(db_url)
+    async with relay_with(db_url) as relay:
+        assert relay.state.engine.pool.checkedin() >= PIPELINE  # type: ignore[attr-defined]
+        response = await relay.client.get(HOOK, params=dn_params("warm-1"))
+        assert response.status_code == 200
