@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     dn_ack_timeout_s: float = Field(default=5.0, gt=0)
     # Built-in sandbox simulator: delay before it sends DNs back.
     sandbox_dn_delay_s: float = Field(default=1.0, ge=0)
-    db_pool_size: int = Field(default=10, gt=0)
+    db_pool_size: int = Field(default=20, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

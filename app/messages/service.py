@@ -71,7 +71,7 @@ from app.messages.idempotency import (
 from app.messages.schemas import SendRequest
 from app.models import Message
 from app.notifications.service import attach_dns as attach_dns_session
-from app.notifications.service import lock_refs, lock_refs_pg, refresh_messages_pg
+from app.notifications.service import begin_and_lock_sql, lock_refs, refresh_messages_pg
 from app.ops.metrics import SENDS
 
 log = structlog.get_logger("app.messages")
@@ -564,8 +564,9 @@ _CLAIM_AND_INSERT_ROWS_PG = CLAIM_CTE_PG + _INSERT_ROWS.format(
     where="WHERE EXISTS (SELECT 1 FROM claim)"
 )
 
-# The answer in one statement, after `lock_refs_pg`: the rows and the stored Idempotency-Key
-# response ($11 NULL: no key), then `attach_dns` (same transaction).
+# The answer in one statement, after the ref locks: the rows and the stored Idempotency-Key
+# response ($11 NULL: no key). It returns, per recorded ref, whether a DN for it is waiting to
+# be attached (it beat the answer): then `attach_dns`, in the same transaction.
 _RECORD_ANSWER_PG = """
 WITH v AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
@@ -579,6 +580,9 @@ UPDATE messages m SET status = v.status, ref = v.ref, submit_code = v.code,
     submit_desc = v.descr, rate = v.rate, currency = v.currency,
     submitted_at = v.submitted_at, updated_at = $9
 FROM v WHERE m.id = v.id AND m.status = 'unknown' AND m.ref IS NULL
+RETURNING m.id, m.ref, EXISTS (
+    SELECT 1 FROM delivery_notifications d WHERE d.msgid = m.ref AND d.message_id IS NULL
+)
 """
 # `attach_dns` for every ref at once: DNs stored before their message had a ref.
 _ATTACH_DNS_PG = """
@@ -645,17 +649,20 @@ async def _record_answer_pg(
         body.decode() if body is not None else None,
     )
     async with _raw_pg(engine) as apg:
-        tr = apg.transaction()
-        await tr.start()
+        if not refs:  # nothing to lock or attach: one statement, committed on its own
+            await apg.execute(_RECORD_ANSWER_PG, *args)
+            return
+        # Three round trips: BEGIN with the locks, the statement, COMMIT (a fourth, rarely,
+        # for DNs that beat the answer).
         committing = False
         try:
-            await lock_refs_pg(apg, sorted(refs.values()))
-            await apg.execute(_RECORD_ANSWER_PG, *args)
-            await attach_dns(apg, refs)
+            await apg.execute(begin_and_lock_sql(list(refs.values())))
+            recorded = await apg.fetch(_RECORD_ANSWER_PG, *args)
+            await attach_dns(apg, {row[0]: row[1] for row in recorded if row[2]})
             committing = True
-            await tr.commit()
+            await apg.execute("COMMIT")
         except BaseException:
             if not committing:
                 with contextlib.suppress(Exception):
-                    await tr.rollback()
+                    await apg.execute("ROLLBACK")
             raise

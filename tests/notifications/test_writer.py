@@ -19,10 +19,12 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.bulk360.client import Destination
 from app.deps import State
 from app.main import create_app
+from app.messages.service import _Entry, _record_answer_pg
 from app.models import Message
-from app.notifications.service import attach_dns, lock_refs, refresh_messages_pg
+from app.notifications.service import attach_dns, lock_key, lock_refs, refresh_messages_pg
 from app.notifications.writer import PIPELINE, DNStoreError, InboundDN, insert_batch_pg
 from tests.conftest import DN_TOKEN, Relay, relay_settings
 from tests.notifications.helpers import add_message, dns, message
@@ -91,7 +93,7 @@ async def writer_blocked(db_url: str, msgid: str) -> AsyncIterator[None]:
         try:
             tx = conn.transaction()
             await tx.start()
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", msgid)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(msgid))
             yield
             await tx.rollback()
         finally:
@@ -583,3 +585,40 @@ async def test_writer_opens_its_connections_before_the_first_dn(db_url: str) -> 
         assert relay.state.engine.pool.checkedin() >= PIPELINE  # type: ignore[attr-defined]
         response = await relay.client.get(HOOK, params=dn_params("warm-1"))
         assert response.status_code == 200
+
+
+async def test_send_answer_waits_for_an_uncommitted_dn_batch_and_attaches_it(
+    db_url: str, relay: Relay, engine: AsyncEngine
+) -> None:
+    """The send path's own recording (BEGIN with the locks in one round trip, the update,
+    COMMIT): it waits for a DN batch holding the ref's lock, then attaches that DN."""
+    needs_postgres(db_url)
+    message_id = await add_message(engine, None)
+    entry = _Entry(Destination("60123240066", "sms"), "gsm7", 1, id=message_id)
+    entry.status, entry.ref, entry.answered = "pending", "race-5", True
+    dn_conn = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        tx = dn_conn.transaction()
+        await tx.start()
+        await insert_batch_pg(
+            dn_conn, [InboundDN("race-5", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
+        )
+        recording = asyncio.create_task(_record_answer_pg(relay.state.engine, [entry], None))
+        await until(lambda: lock_waiters(pg_dsn(db_url)), "the answer to wait for the DN's lock")
+        await tx.commit()
+        await recording
+    finally:
+        await dn_conn.close()
+
+    msg = await message(engine, message_id)
+    assert (msg["ref"], msg["status"], msg["dn_count"]) == ("race-5", "delivered", 1)
+    assert [d["message_id"] for d in await dns(engine, "race-5")] == [message_id]
+    # Its connection went back to the pool out of its (manual) transaction.
+    async with engine.connect() as conn:
+        open_transactions = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%'"
+            )
+        )
+    assert open_transactions == 0
