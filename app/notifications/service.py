@@ -164,10 +164,9 @@ async def attach_dns(session: AsyncSession, refs_by_message: dict[int, str]) -> 
 _LOCK_PG = _LOCK_SQL.format(param="$1::bigint[]")
 
 
-async def lock_refs_pg(conn: Any, refs: Sequence[str], *, prepare: bool = False) -> None:
-    """`lock_refs` for an asyncpg connection inside a transaction (`prepare`: run it even
-    with no refs, to have the statement prepared on this connection)."""
-    if refs or prepare:
+async def lock_refs_pg(conn: Any, refs: Sequence[str]) -> None:
+    """`lock_refs` for an asyncpg connection inside a transaction."""
+    if refs:
         await conn.execute(_LOCK_PG, [lock_key(r) for r in refs])
 
 

@@ -5,13 +5,15 @@ the transaction that holds it; only then is it answered 200. One writer task per
 takes whatever has queued up (at most `DN_BATCH_MAX` DNs) and writes it in one transaction,
 so under load one fsync covers hundreds of DNs instead of one.
 
-In that transaction, in this order (Postgres):
-1. `pg_advisory_xact_lock` on every distinct msgid, sorted: the same lock the send path takes
-   on a ref it records (`service.lock_refs`), so a DN and its message never race;
+In that transaction, in this order (Postgres), in three round trips:
+1. BEGIN and `pg_advisory_xact_lock` on every distinct msgid's key, sorted, as one simple
+   query (`service.begin_and_lock_sql`): the same lock the send path takes on a ref it
+   records, so a DN and its message never race;
 2. one statement: `INSERT ... SELECT ... FROM unnest(...) WITH ORDINALITY ORDER BY ordinality`,
    which draws ids (the receipt sequence) in arrival order and sets `message_id` from
    `messages.ref`, and an UPDATE of the matched messages from the newest DN of the batch (only
-   forward) with their DN count increased by the batch's.
+   forward) with their DN count increased by the batch's;
+3. COMMIT.
 
 Failures:
 - queue full, writer stopping, or the database recently failed (the breaker is open for
@@ -49,7 +51,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.config import Settings
 from app.errors import is_database_unavailable
 from app.models import DeliveryNotification, Message
-from app.notifications.service import APPLY_BATCH_SET, lock_refs_pg, refresh_messages
+from app.notifications.service import (
+    APPLY_BATCH_SET,
+    begin_and_lock_sql,
+    lock_refs_pg,
+    refresh_messages,
+)
 from app.ops.metrics import DN_BATCH_SECONDS, DN_BATCH_SIZE, DN_QUEUE_DEPTH
 
 log = structlog.get_logger("app.dn_writer")
@@ -170,9 +177,7 @@ class DNWriter:
             async with self._engine.connect() as conn:
                 raw = await conn.get_raw_connection()
                 apg: Any = raw.driver_connection
-                async with apg.transaction():
-                    await lock_refs_pg(apg, [], prepare=True)
-                    await apg.execute(_STORE_PG, [], [], [], [], [], [], [])
+                await apg.execute(_STORE_PG, [], [], [], [], [], [], [])  # stores nothing
 
         try:
             async with asyncio.timeout(5):
@@ -324,13 +329,25 @@ class DNWriter:
             await self._commit_sqlite(dns)  # one writer at a time: the turn ends with COMMIT
 
     async def _commit_postgres(self, dns: list[InboundDN], turn: _Turn | None) -> None:
+        """Three round trips: BEGIN with the msgids' locks (one simple query), the batch's
+        statement, COMMIT."""
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             apg: Any = raw.driver_connection
+            committing = False
             try:
-                async with apg.transaction():
-                    await insert_batch_pg(apg, dns, turn)
+                # Lock before inserting: the INSERT's snapshot then sees any ref committed by
+                # a send that held the lock, and a send waiting for it sees these DNs.
+                await apg.execute(begin_and_lock_sql([dn.msgid for dn in dns]))
+                await apg.execute(_STORE_PG, *zip(*dns, strict=True))
+                if turn is not None:
+                    turn.release()  # ids drawn: the next batch may start while this commits
+                committing = True
+                await apg.execute("COMMIT")
             except BaseException as exc:
+                if not committing:
+                    with contextlib.suppress(Exception):
+                        await apg.execute("ROLLBACK")
                 # SQLAlchemy did not see this error: a dead connection must not go back to
                 # the pool.
                 if not isinstance(exc, Exception) or is_database_unavailable(exc):
@@ -343,15 +360,11 @@ class DNWriter:
             await _insert_sqlite(conn, dns)
 
 
-async def insert_batch_pg(apg: Any, dns: list[InboundDN], turn: _Turn | None = None) -> None:
-    """Store `dns` (in arrival order) inside the caller's asyncpg transaction."""
-    msgids, statuses, codes, descs, msisdns, raws, stamps = zip(*dns, strict=True)
-    # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send
-    # that held the lock, and a send waiting for the lock sees these DNs once we commit.
-    await lock_refs_pg(apg, sorted(set(msgids)))
-    await apg.execute(_STORE_PG, msgids, statuses, codes, descs, msisdns, raws, stamps)
-    if turn is not None:
-        turn.release()  # ids drawn: the next batch may start while this one commits
+async def insert_batch_pg(apg: Any, dns: list[InboundDN]) -> None:
+    """Store `dns` (in arrival order) inside the caller's asyncpg transaction, as the writer
+    does (locks first, then the batch's statement)."""
+    await lock_refs_pg(apg, [dn.msgid for dn in dns])
+    await apg.execute(_STORE_PG, *zip(*dns, strict=True))
 
 
 async def _insert_sqlite(conn: AsyncConnection, dns: list[InboundDN]) -> None:
