@@ -1,0 +1,101 @@
+"""The DN writer's database work per batch, without HTTP (run by hand).
+
+    .venv/bin/python bench/dn_batch.py [--sizes 64,128,256] [--batches 200] [--messages 6667]
+
+On a throw-away database (BENCH_DATABASE_URL's server, default
+postgresql://postgres@127.0.0.1/postgres), migrated and seeded with `--messages` messages
+(ANALYZEd), it writes `--batches` batches of each size exactly as the writer does (BEGIN with
+the msgids' locks, the batch's one statement, COMMIT) on one connection, serially, and prints
+the mean time of each phase. The DNs name seeded refs at random (~90%) or nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.migrate import upgrade  # noqa: E402
+from app.notifications.service import begin_and_lock_sql  # noqa: E402
+from app.notifications.writer import _STORE_PG, InboundDN  # noqa: E402
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="64,128,256")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=6667)
+    args = parser.parse_args()
+    server = make_url(
+        os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"relay_batch_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    dsn = server.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    try:
+        url = server.set(drivername="postgresql+asyncpg", database=name)
+        await asyncio.to_thread(upgrade, url.render_as_string(hide_password=False))
+        conn = await asyncpg.connect(dsn)
+        refs = [f"bench-{i:07d}" for i in range(args.messages)]
+        await conn.execute(
+            "INSERT INTO messages (send_id, api_key_name, channel, msisdn, ref, status, dn_count,"
+            " created_at, updated_at) SELECT 'bench', 'bench', 'sms', '60123240066', r,"
+            " 'pending', 0, now(), now() FROM unnest($1::text[]) AS r",
+            refs,
+        )
+        await conn.execute("ANALYZE")
+        rng = random.Random(7)
+        print(f"{args.messages:,} messages; mean ms per batch (serial, one connection):")
+        print(f"{'DNs':>5} {'BEGIN+locks':>12} {'statement':>10} {'COMMIT':>8} {'total':>8}")
+        for size in (int(s) for s in args.sizes.split(",")):
+            totals = [0.0, 0.0, 0.0]
+            for _ in range(args.batches):
+                dns = [
+                    InboundDN(
+                        rng.choice(refs) if rng.random() < 0.9 else f"orphan-{rng.random()}",
+                        rng.choice(["DELIVERED", "UNDELIVERED"]),
+                        "000",
+                        "Delivered",
+                        "60123456789",
+                        '{"msgid": "x", "status": "DELIVERED"}',
+                        time.time(),
+                    )
+                    for _ in range(size)
+                ]
+                t0 = time.perf_counter()
+                await conn.execute(begin_and_lock_sql([dn.msgid for dn in dns]))
+                t1 = time.perf_counter()
+                await conn.execute(_STORE_PG, *zip(*dns, strict=True))
+                t2 = time.perf_counter()
+                await conn.execute("COMMIT")
+                t3 = time.perf_counter()
+                for i, span in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+                    totals[i] += span
+            lock, store, commit = (1000 * t / args.batches for t in totals)
+            print(
+                f"{size:>5} {lock:>12.2f} {store:>10.2f} {commit:>8.2f} "
+                f"{lock + store + commit:>8.2f}"
+            )
+        await conn.close()
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
