@@ -85,6 +85,9 @@ async def test_counters_move_after_a_send_and_a_dn(relay: Relay, simulator: Simu
     assert value(after, "relay_upstream_token_state", state="valid") == 1
     assert value(after, "relay_upstream_token_state", state="none") == 0
     assert value(after, "relay_dn_writer_queue_depth") == 0
+    # One batch committed for the one stored DN (the simulator's own DN may add another).
+    batches = moved("relay_dn_writer_batch_duration_seconds_count")
+    assert batches >= 1 and batches == moved("relay_dn_writer_batch_size_count")
     scraped = (await relay.client.get("/metrics")).text
     assert relay.settings.effective_dn_hook_token not in scraped
 
