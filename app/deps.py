@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings, hash_api_key
@@ -62,12 +65,11 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from API_KEYS (`keygen`).")
 
 
-async def api_key_name(
-    state: StateDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The name of the caller's API key; 401 unless it matches an API_KEYS entry."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
+def caller_name(settings: Settings, authorization: str | None) -> str:
+    """The name of the API key in an `Authorization: Bearer <key>` header; AppError 401
+    unless it matches an API_KEYS entry."""
+    scheme, key = get_authorization_scheme_param(authorization)
+    if not key or scheme.lower() != "bearer":
         raise AppError(
             401,
             "unauthorized",
@@ -78,10 +80,41 @@ async def api_key_name(
     # lookup's timing depends on the digest (and on the per-process string-hash seed), never
     # on how much of the secret matches. Learning that a digest prefix matches would still
     # need a sha256 preimage to be of any use.
-    found = state.settings.api_key_hashes.get(hash_api_key(credentials.credentials))
+    found = settings.api_key_hashes.get(hash_api_key(key))
     if found is None:
         raise AppError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
     return found
+
+
+async def api_key_name(
+    state: StateDep,
+    # Parsed again by caller_name; declared so that OpenAPI documents the bearer scheme.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
+) -> str:
+    """The name of the caller's API key; 401 unless it matches an API_KEYS entry."""
+    return caller_name(state.settings, request.headers.get("authorization"))
+
+
+def _needs_api_key(dependant: Dependant) -> bool:
+    return any(dep.call is api_key_name or _needs_api_key(dep) for dep in dependant.dependencies)
+
+
+def refusal_before_dependencies(request: Request) -> AppError | None:
+    """The 401 for a request refused before its dependencies ran (a body that is not JSON or
+    not UTF-8): an unauthenticated caller learns nothing about how its body was read. None
+    when the route needs no API key or the key is valid."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not _needs_api_key(route.dependant):
+        return None
+    relay = request.scope.get("state", {}).get("relay")
+    if relay is None:
+        return None
+    try:
+        caller_name(relay.settings, request.headers.get("authorization"))
+    except AppError as exc:
+        return exc
+    return None
 
 
 ApiKeyDep = Annotated[str, Depends(api_key_name)]

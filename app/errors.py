@@ -7,6 +7,7 @@ is a 503, never a 500.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -89,17 +90,32 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, refusal: Callable[[Request], AppError | None] | None = None
+) -> None:
+    """`refusal(request)`: what to answer instead of a 400/422 raised before the route's
+    dependencies ran (FastAPI reads the body first), e.g. the 401 of a missing API key."""
+
+    def refused(request: Request) -> JSONResponse | None:
+        exc = refusal(request) if refusal is not None else None
+        return (
+            None if exc is None else error_response(exc.status, exc.code, exc.detail, exc.headers)
+        )
+
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "validation_error", _describe_validation(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return refused(request) or error_response(
+            422, "validation_error", _describe_validation(exc)
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            return refused(request) or http_error_response(exc)
         return http_error_response(exc)
 
     @app.exception_handler(DBAPIError)

@@ -15,7 +15,7 @@ from app import __version__
 from app.bulk360.client import Bulk360Client
 from app.config import Settings, load_settings
 from app.db import create_engine, create_sessionmaker
-from app.deps import State
+from app.deps import State, refusal_before_dependencies
 from app.errors import install_error_handlers
 from app.messages.endpoints import router as messages_router
 from app.notifications.endpoints import DNHookFastPath
@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         # No per-request telemetry hooks: the DN hook is a hot path and we export our own.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    install_error_handlers(app)
+    install_error_handlers(app, refusal_before_dependencies)
     # The DN hook first: routes are matched in order, and it is the hottest path by far.
     app.include_router(dn_hook_router)
     app.include_router(messages_router)

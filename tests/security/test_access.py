@@ -301,3 +301,32 @@ async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
 
     assert_error(spoofed, 403)
     assert await dns(engine) == []
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("label", "body", "status_with_key"),
+    [
+        ("malformed JSON", b'{"to": "60123240066", "text": ', 422),
+        ("not UTF-8", b'{"to": "60123240066", "text": "\xff\xfe"}', 400),
+    ],
+)
+async def test_an_unreadable_body_without_a_valid_key_is_401_not_a_parse_error(
+    relay: Relay, simulator: Simulator, label: str, body: bytes, status_with_key: int
+) -> None:
+    """FastAPI reads the body before it runs the key's dependency: without a valid key the
+    answer must still be the 401, so the caller learns nothing about how its body was read."""
+    json_type = {"Content-Type": "application/json"}
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+        r = await anonymous(relay, "POST", "/v1/messages", {**json_type, **headers}, content=body)
+        assert_error(r, 401)
+        assert r.headers["www-authenticate"] == "Bearer"
+    with_key = await anonymous(
+        relay,
+        "POST",
+        "/v1/messages",
+        {**json_type, "Authorization": f"Bearer {TEST_API_KEY}"},
+        content=body,
+    )
+    assert_error(with_key, status_with_key)
+    assert simulator.mt_requests == 0
