@@ -18,6 +18,7 @@ from app.db import create_engine, create_sessionmaker
 from app.deps import State, refusal_before_dependencies
 from app.errors import install_error_handlers
 from app.messages.endpoints import router as messages_router
+from app.messages.late_answers import LateAnswers
 from app.notifications.endpoints import DNHookFastPath
 from app.notifications.endpoints import hook_router as dn_hook_router
 from app.notifications.endpoints import router as notifications_router
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             base_url = await simulator.start()
         bulk360 = Bulk360Client(settings, base_url=base_url)
         dn_writer = DNWriter(settings, engine)
+        late_answers = LateAnswers()
         await bulk360.start()
         await dn_writer.start()
         if settings.sandbox:
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             sessionmaker=create_sessionmaker(engine),
             bulk360=bulk360,
             dn_writer=dn_writer,
+            late_answers=late_answers,
             simulator=simulator,
         )
         if tune_gc:
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         finally:
             # uvicorn has finished in-flight requests by now; the writer drains its queue.
             await dn_writer.stop()
+            await late_answers.stop()  # before the engine goes: a last try to record them
             await bulk360.close()
             if simulator is not None:
                 await simulator.stop()

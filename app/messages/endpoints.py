@@ -94,6 +94,7 @@ async def send_messages(
         idempotency_key=idempotency_key,
         idempotency_ttl_h=settings.idempotency_ttl_h,
         sandbox=settings.sandbox,
+        late=state.late_answers,
     )
     return Response(
         answer.body,

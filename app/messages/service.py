@@ -11,8 +11,9 @@ The order is the money-safety guarantee (CONTRACT §4.1):
    a DN for one of these refs), the updates, `attach_dns` (a DN may have beaten the answer),
    the stored Idempotency-Key response, then COMMIT, then the answer. While the database is
    unreachable it is retried for ~5 s (it only updates rows still `unknown` without a ref,
-   so repeating a COMMIT that did land changes nothing); if it still fails, the rows stay
-   `unknown` and the refs are logged at WARNING for reconciliation.
+   so repeating a COMMIT that did land changes nothing); if it is still away, the caller gets
+   the provider's answer now, the refs are logged at WARNING, and `LateAnswers` records it in
+   the background once the database is back (late_answers.py).
 
 The relay never resends on its own: when the provider may have acted (timeout, dropped
 connection, 5xx, unreadable answer) the rows stay `unknown` and the caller gets 502/504.
@@ -68,6 +69,7 @@ from app.messages.idempotency import (
     Replay,
     request_hash,
 )
+from app.messages.late_answers import LateAnswers
 from app.messages.schemas import SendRequest
 from app.models import Message
 from app.notifications.service import attach_dns as attach_dns_session
@@ -136,6 +138,7 @@ class SendService:
         idempotency_key: str | None,
         idempotency_ttl_h: float,
         sandbox: bool,
+        late: LateAnswers,
     ) -> SendAnswer:
         entries = _prepare(request.text, destinations)
         send_id = str(uuid.uuid4())
@@ -196,29 +199,45 @@ class SendService:
         response = None
         if idempotency_key is not None:
             response = (api_key_name, idempotency_key, status, body)
+
         # The provider has acted and its answer is only in memory: if the database is away,
         # try again for a little while (safe: the row updates only touch rows still as step 1
         # left them, so a COMMIT that did land before the connection died is not undone).
+        async def record() -> None:
+            if postgres:
+                await _record_answer_pg(engine, entries, response)
+            else:
+                await self._record_answer(sessions, entries, response)
+
+        refs = {str(e.id): e.ref for e in entries if e.ref}  # message id -> ref
         for delay in (*_RECORD_RETRY_DELAYS_S, None):
             try:
-                if postgres:
-                    await _record_answer_pg(engine, entries, response)
-                else:
-                    await self._record_answer(sessions, entries, response)
+                await record()
                 break
             except Exception as exc:
-                if delay is not None and is_database_unavailable(exc):
+                if not is_database_unavailable(exc):
+                    # A bug, not an outage: answer what the provider said anyway.
+                    log.warning(
+                        "send answer not recorded: rows stay unknown; reconcile these refs",
+                        send_id=send_id,
+                        refs=refs,
+                        error=type(exc).__name__,
+                        exc_info=exc,
+                    )
+                    break
+                if delay is not None:
                     log.warning("send answer: database unavailable, retrying", send_id=send_id)
                     await asyncio.sleep(delay)
                     continue
-                # Answer what the provider said anyway; the rows stay `unknown`.
+                # Still away: answer now, and record it in the background once it is back.
                 log.warning(
-                    "send answer not recorded: rows stay unknown; reconcile these refs",
+                    "send answer not recorded yet: rows stay unknown until the database is "
+                    "back; these are the refs",
                     send_id=send_id,
-                    refs={str(e.id): e.ref for e in entries if e.ref},  # message id -> ref
+                    refs=refs,
                     error=type(exc).__name__,
-                    exc_info=not is_database_unavailable(exc),
                 )
+                late.keep(send_id, refs, record)
                 break
         for e in entries:
             SENDS.labels(e.outcome).inc()

@@ -54,6 +54,11 @@ DN_BATCH_SECONDS = Histogram(
     "Time from a writer batch's start (connection checkout) to its COMMIT",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SEND_ANSWERS_UNRECORDED = Gauge(
+    "relay_send_answers_unrecorded",
+    "Provider answers kept in memory until the database takes them (its outage outlasted the send)",
+    multiprocess_mode="livesum",
+)
 UPSTREAM_TOKEN_STATE = Gauge(
     "relay_upstream_token_state",
     "1 for the current state of the cached OAuth2 token (none, valid, expired, failing)",

@@ -463,27 +463,96 @@ async def test_database_unreachable_is_a_503_before_any_upstream_call(
     assert simulator.mt_requests == 0 and simulator.token_requests == 0
 
 
-async def test_when_the_answer_cannot_be_recorded_the_refs_are_logged_for_reconciliation(
+def _attach_failing(times: int | None, exc: Exception) -> tuple[Any, list[int]]:
+    """`service.attach_dns` failing `times` times (None: always), then the real one. The one
+    fault a real database will not produce on cue: it fails mid-fill-in."""
+    real_attach = service.attach_dns
+    calls = [0]
+
+    async def attach(*args: Any) -> None:
+        calls[0] += 1
+        if times is None or calls[0] <= times:
+            raise exc
+        await real_attach(*args)
+
+    return attach, calls
+
+
+_CUT = OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
+
+
+async def test_an_answer_the_database_missed_is_recorded_once_it_is_back(
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def failing_attach(*_args: Any) -> None:
-        # The one fault the real database will not produce on cue: it fails mid-fill-in.
-        raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
+    """Down for longer than the send waits: the caller gets the provider's answer at once,
+    the refs are logged, and the rows get them in the background when the database is back."""
+    attach, calls = _attach_failing(5, _CUT)  # 3 tries in the send, 2 in the background
+    monkeypatch.setattr(service, "attach_dns", attach)
+    monkeypatch.setattr(service, "_RECORD_RETRY_DELAYS_S", (0.0, 0.0))
+    late = relay.state.late_answers
+    late.retry_delays_s, late.retry_every_s = (0.0, 0.0), 0.0
+    lines = LogCapture()
+    logging.getLogger().addHandler(lines)
+    try:
+        r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
+        assert r.status_code == 201  # the provider accepted: the caller must not resend
+        ref = r.json()["messages"][0]["ref"]
+        assert late.pending == 1
+        assert "relay_send_answers_unrecorded 1.0" in (await relay.client.get("/metrics")).text
+        await late.wait()
+        assert "relay_send_answers_unrecorded 0.0" in (await relay.client.get("/metrics")).text
+    finally:
+        logging.getLogger().removeHandler(lines)
 
-    monkeypatch.setattr(service, "attach_dns", failing_attach)
-    monkeypatch.setattr(service, "_RECORD_RETRY_DELAYS_S", (0.0, 0.0))  # retried, then given up
+    [row] = await rows(engine)
+    assert (row["status"], row["ref"]) == ("pending", ref)
+    assert calls[0] == 6
+    warnings = [line for level, line in lines.records if level == logging.WARNING]
+    assert any(ref in line and "not recorded yet" in line for line in warnings)
+    assert any("late send answer recorded" in line for _, line in lines.records)
+
+
+async def test_a_failure_other_than_an_outage_is_logged_for_reconciliation_not_retried(
+    relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attach, calls = _attach_failing(None, ValueError("a bug"))
+    monkeypatch.setattr(service, "attach_dns", attach)
     lines = LogCapture()
     logging.getLogger().addHandler(lines)
     try:
         r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
     finally:
         logging.getLogger().removeHandler(lines)
-    assert r.status_code == 201  # the provider accepted: the caller must not resend
+    assert r.status_code == 201
     ref = r.json()["messages"][0]["ref"]
     [row] = await rows(engine)
     assert (row["status"], row["ref"]) == ("unknown", None)
+    assert calls[0] == 1 and relay.state.late_answers.pending == 0
     warnings = [line for level, line in lines.records if level == logging.WARNING]
     assert any(ref in line and "reconcile" in line for line in warnings)
+
+
+async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
+    db_url: str, simulator: Simulator, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attach, calls = _attach_failing(None, _CUT)
+    monkeypatch.setattr(service, "attach_dns", attach)
+    monkeypatch.setattr(service, "_RECORD_RETRY_DELAYS_S", ())
+    lines = LogCapture()
+    async with run_relay(relay_settings(db_url, simulator.base_url)) as relay:
+        relay.state.late_answers.retry_delays_s = (60.0,)  # no try before the shutdown's
+        logging.getLogger().addHandler(lines)
+        r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
+        assert r.status_code == 201
+        assert relay.state.late_answers.pending == 1
+    logging.getLogger().removeHandler(lines)
+
+    ref = r.json()["messages"][0]["ref"]
+    [row] = await rows(engine)
+    assert (row["status"], row["ref"]) == ("unknown", None)
+    assert calls[0] == 2  # the send's one try, and a last one at shutdown
+    errors = [line for level, line in lines.records if level == logging.ERROR]
+    assert any(ref in line and "at shutdown" in line for line in errors)
 
 
 async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
