@@ -18,7 +18,7 @@ client's own CPU time so one can see whether the client was the bottleneck.
 
 Also in the same run, a database ceiling: a bare asyncpg loop doing what the relay must do
 durably per one-recipient send (INSERT + COMMIT, then UPDATE + COMMIT), at `--concurrency`
-over as many connections as the relay's pool may open (2 x DB_POOL_SIZE), from this process
+over as many connections as the relay's pool may open (DB_POOL_SIZE), from this process
 after the relay has stopped, with no HTTP at all. Relay throughput cannot exceed it.
 
 `--profile DIR` samples the relay with py-spy (`.venv/bin/pip install py-spy`) during the
@@ -28,7 +28,7 @@ kept in DIR). The sampler costs the relay some CPU: profile and measure in separ
 `--workers N` runs uvicorn with N workers (the ratio targets are for 1: this 2-core machine
 also runs the simulator and the load client).
 
-The relay runs with the product defaults (BULK360_MAX_CONCURRENCY 8, DB_POOL_SIZE 10) unless
+The relay runs with the product defaults (BULK360_MAX_CONCURRENCY 8, DB_POOL_SIZE 20) unless
 `--upstream-concurrency` / `--pool-size` say otherwise, to check neither is the limiter.
 
 `--httpx` runs the relay with the httpx variant of the upstream client (bench/httpx_client.py)
@@ -61,11 +61,12 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.config import hash_api_key  # noqa: E402
+from app.config import Settings, hash_api_key  # noqa: E402
 from app.migrate import upgrade_async  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 API_KEY = "bench-key"
+DEFAULT_POOL_SIZE = Settings.model_fields["db_pool_size"].default
 APP_KEY, APP_SECRET = "bench-app-key", "bench-app-secret"
 TEXT = "Your verification code is 482913. It expires in 5 minutes."
 
@@ -387,10 +388,10 @@ async def main() -> None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
         # After the relay has gone (its connections too): the same connection budget as the
-        # relay's pool (DB_POOL_SIZE plus as many overflow), the same concurrency.
+        # relay's pool (DB_POOL_SIZE), the same concurrency.
         relay.terminate()
         relay.wait(30)
-        connections = min(args.concurrency, 2 * (args.pool_size or 10))
+        connections = min(args.concurrency, args.pool_size or DEFAULT_POOL_SIZE)
         ceiling_dsn = make_url(db).set(drivername="postgresql")
         results["db-ceiling", args.concurrency] = await db_ceiling(
             ceiling_dsn.render_as_string(hide_password=False),
@@ -429,7 +430,7 @@ async def main() -> None:
     direct_rps = results["direct", args.concurrency]["rps"]
     print(
         f"database ceiling (bare asyncpg INSERT+COMMIT, UPDATE+COMMIT, c={args.concurrency},"
-        f" {min(args.concurrency, 2 * (args.pool_size or 10))} connections):"
+        f" {min(args.concurrency, args.pool_size or DEFAULT_POOL_SIZE)} connections):"
         f" {ceiling['rps']:.0f}/s = {ceiling['rps'] / direct_rps:.2f} x direct; relay reached"
         f" {results['relay', args.concurrency]['rps'] / ceiling['rps']:.2f} of it"
     )
