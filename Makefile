@@ -35,6 +35,7 @@ lint: $(STAMP) ## ruff + mypy --strict on app/
 
 bench: $(STAMP) ## Benchmarks (need Postgres: BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1/postgres)
 	$(BIN)/python bench/dn_ingest.py
+	$(BIN)/python bench/dn_ingest.py --workers 2
 	$(BIN)/python bench/send.py
 
 clean: ## Remove the venv, caches and the sandbox database
