@@ -158,16 +158,7 @@ async def attach_dns(session: AsyncSession, refs_by_message: dict[int, str]) -> 
     await refresh_messages(session, touched)
 
 
-# ---- the same rule on a raw asyncpg connection (the DN writer's hot path) -------------------
-
-
-_LOCK_PG = _LOCK_SQL.format(param="$1::bigint[]")
-
-
-async def lock_refs_pg(conn: Any, refs: Sequence[str]) -> None:
-    """`lock_refs` for an asyncpg connection inside a transaction."""
-    if refs:
-        await conn.execute(_LOCK_PG, [lock_key(r) for r in refs])
+# ---- the same rule on a raw asyncpg connection (the send path recording its refs) ------------
 
 
 async def refresh_messages_pg(conn: Any, message_ids: Sequence[int]) -> None:

@@ -51,12 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.config import Settings
 from app.errors import is_database_unavailable
 from app.models import DeliveryNotification, Message
-from app.notifications.service import (
-    APPLY_BATCH_SET,
-    begin_and_lock_sql,
-    lock_refs_pg,
-    refresh_messages,
-)
+from app.notifications.service import APPLY_BATCH_SET, begin_and_lock_sql, refresh_messages
 from app.ops.metrics import DN_BATCH_SECONDS, DN_BATCH_SIZE, DN_QUEUE_DEPTH
 
 log = structlog.get_logger("app.dn_writer")
@@ -336,10 +331,7 @@ class DNWriter:
             apg: Any = raw.driver_connection
             committing = False
             try:
-                # Lock before inserting: the INSERT's snapshot then sees any ref committed by
-                # a send that held the lock, and a send waiting for it sees these DNs.
-                await apg.execute(begin_and_lock_sql([dn.msgid for dn in dns]))
-                await apg.execute(_STORE_PG, *zip(*dns, strict=True))
+                await begin_and_store_pg(apg, dns)
                 if turn is not None:
                     turn.release()  # ids drawn: the next batch may start while this commits
                 committing = True
@@ -360,10 +352,12 @@ class DNWriter:
             await _insert_sqlite(conn, dns)
 
 
-async def insert_batch_pg(apg: Any, dns: list[InboundDN]) -> None:
-    """Store `dns` (in arrival order) inside the caller's asyncpg transaction, as the writer
-    does (locks first, then the batch's statement)."""
-    await lock_refs_pg(apg, [dn.msgid for dn in dns])
+async def begin_and_store_pg(apg: Any, dns: list[InboundDN]) -> None:
+    """BEGIN, the msgids' locks and the batch's statement on an asyncpg connection, in two
+    round trips; the caller commits (or rolls back). The ids are drawn when this returns."""
+    # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send that
+    # held the lock, and a send waiting for it sees these DNs once they are committed.
+    await apg.execute(begin_and_lock_sql([dn.msgid for dn in dns]))
     await apg.execute(_STORE_PG, *zip(*dns, strict=True))
 
 

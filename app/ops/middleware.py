@@ -104,23 +104,18 @@ class RequestMiddleware:
             if timer is None:
                 timer = self._timed[(method, template)] = HTTP_LATENCY.labels(method, template)
             timer.observe(duration)
+            fields = {
+                "method": method,
+                "route": template,
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+            }
             if self.bind_context:
-                self._log.info(
-                    "request",
-                    method=method,
-                    route=template,
-                    status=status,
-                    duration_ms=round(duration * 1000, 2),
-                )
+                self._log.info("request", **fields)
                 structlog.contextvars.unbind_contextvars("request_id")
             else:
                 (self._log.debug if status == 200 else self._log.info)(
-                    "request",
-                    request_id=request_id,
-                    method=method,
-                    route=template,
-                    status=status,
-                    duration_ms=round(duration * 1000, 2),
+                    "request", request_id=request_id, **fields
                 )
 
     def _refusal(self, headers: int, header_bytes: int, declared_length: bytes) -> Response | None:

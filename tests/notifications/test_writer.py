@@ -25,7 +25,7 @@ from app.main import create_app
 from app.messages.service import _Entry, _record_answer_pg
 from app.models import Message
 from app.notifications.service import attach_dns, lock_key, lock_refs, refresh_messages_pg
-from app.notifications.writer import PIPELINE, DNStoreError, InboundDN, insert_batch_pg
+from app.notifications.writer import PIPELINE, DNStoreError, InboundDN, begin_and_store_pg
 from tests.conftest import DN_TOKEN, Relay, relay_settings
 from tests.notifications.helpers import add_message, dns, message
 from tests.servers import free_port
@@ -417,9 +417,7 @@ async def test_send_waits_for_an_uncommitted_dn_and_attaches_it(
     message_id = await add_message(engine, None)
     dn_conn = await asyncpg.connect(pg_dsn(db_url))
     try:
-        tx = dn_conn.transaction()
-        await tx.start()
-        await insert_batch_pg(
+        await begin_and_store_pg(
             dn_conn, [InboundDN("race-2", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
 
@@ -436,7 +434,7 @@ async def test_send_waits_for_an_uncommitted_dn_and_attaches_it(
 
         sending = asyncio.create_task(send_path())
         await until(lambda: lock_waiters(pg_dsn(db_url)), "the send to wait for the DN's lock")
-        await tx.commit()
+        await dn_conn.execute("COMMIT")
         await sending
     finally:
         await dn_conn.close()
@@ -452,16 +450,14 @@ async def test_newer_dn_waits_for_an_older_open_batch_on_the_same_msgid(
     message_id = await add_message(engine, "race-3")
     older = await asyncpg.connect(pg_dsn(db_url))
     try:
-        tx = older.transaction()
-        await tx.start()
-        await insert_batch_pg(
+        await begin_and_store_pg(
             older, [InboundDN("race-3", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
         newer = asyncio.create_task(
             relay.client.get(HOOK, params=dn_params("race-3", "UNDELIVERED", "501"))
         )
         await until(lambda: lock_waiters(pg_dsn(db_url)), "the newer DN to wait")
-        await tx.commit()
+        await older.execute("COMMIT")
         assert (await newer).status_code == 200
     finally:
         await older.close()
@@ -544,25 +540,25 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
 
     conn = await asyncpg.connect(pg_dsn(db_url))
     try:
-        async with conn.transaction():
-            await insert_batch_pg(
-                conn,
-                [
-                    dn("batch-1", "UNDELIVERED", "501"),
-                    dn("batch-2", "DELIVERED", "000"),
-                    dn("batch-1", "DELIVERED", "000"),
-                    dn("nobody", "DELIVERED", "000"),
-                    dn("batch-1", "ACCEPTED", "000"),  # last received: not final
-                ],
-            )
+        await begin_and_store_pg(
+            conn,
+            [
+                dn("batch-1", "UNDELIVERED", "501"),
+                dn("batch-2", "DELIVERED", "000"),
+                dn("batch-1", "DELIVERED", "000"),
+                dn("nobody", "DELIVERED", "000"),
+                dn("batch-1", "ACCEPTED", "000"),  # last received: not final
+            ],
+        )
+        await conn.execute("COMMIT")
         one, two = await message(engine, first), await message(engine, second)
         assert (one["status"], one["delivery_status"]) == ("pending", "ACCEPTED")
         assert one["dn_count"] == 3
         assert one["last_dn_seq"] == (await dns(engine, "batch-1"))[-1]["id"]
         assert (two["status"], two["dn_count"], two["error_code"]) == ("delivered", 1, "000")
 
-        async with conn.transaction():
-            await insert_batch_pg(conn, [dn("batch-1", "UNDELIVERED", "510")])
+        await begin_and_store_pg(conn, [dn("batch-1", "UNDELIVERED", "510")])
+        await conn.execute("COMMIT")
         one = await message(engine, first)
         assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 4)
         assert one["error_description"] == "desc 510" and one["final_at"] is not None
@@ -570,8 +566,8 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
         # A newer DN already applied (as a late commit would find it): the count still grows,
         # the delivery fields stay.
         await conn.execute("UPDATE messages SET last_dn_seq = 1000000000 WHERE id = $1", first)
-        async with conn.transaction():
-            await insert_batch_pg(conn, [dn("batch-1", "DELIVERED", "000")])
+        await begin_and_store_pg(conn, [dn("batch-1", "DELIVERED", "000")])
+        await conn.execute("COMMIT")
         one = await message(engine, first)
         assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 5)
     finally:
@@ -598,14 +594,12 @@ async def test_send_answer_waits_for_an_uncommitted_dn_batch_and_attaches_it(
     entry.status, entry.ref, entry.answered = "pending", "race-5", True
     dn_conn = await asyncpg.connect(pg_dsn(db_url))
     try:
-        tx = dn_conn.transaction()
-        await tx.start()
-        await insert_batch_pg(
+        await begin_and_store_pg(
             dn_conn, [InboundDN("race-5", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
         recording = asyncio.create_task(_record_answer_pg(relay.state.engine, [entry], None))
         await until(lambda: lock_waiters(pg_dsn(db_url)), "the answer to wait for the DN's lock")
-        await tx.commit()
+        await dn_conn.execute("COMMIT")
         await recording
     finally:
         await dn_conn.close()
