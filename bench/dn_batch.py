@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.migrate import upgrade  # noqa: E402
+from throwaway_db import create_database, drop_database  # noqa: E402
+
 from app.notifications.service import begin_and_lock_sql  # noqa: E402
 from app.notifications.writer import _STORE_PG, InboundDN  # noqa: E402
+from tests.reliability import asyncpg_dsn  # noqa: E402
 
 
 async def main() -> None:
@@ -37,19 +36,9 @@ async def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--messages", type=int, default=6667)
     args = parser.parse_args()
-    server = make_url(
-        os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
-    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"relay_batch_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = server.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    db_url, admin_dsn = await create_database("relay_batch")
     try:
-        url = server.set(drivername="postgresql+asyncpg", database=name)
-        await asyncio.to_thread(upgrade, url.render_as_string(hide_password=False))
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(asyncpg_dsn(db_url))
         refs = [f"bench-{i:07d}" for i in range(args.messages)]
         await conn.execute(
             "INSERT INTO messages (send_id, api_key_name, channel, msisdn, ref, status, dn_count,"
@@ -92,9 +81,7 @@ async def main() -> None:
             )
         await conn.close()
     finally:
-        admin = await asyncpg.connect(admin_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(admin_dsn, db_url)
 
 
 if __name__ == "__main__":

@@ -46,18 +46,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlencode
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.migrate import upgrade  # noqa: E402
+from throwaway_db import create_database, drop_database  # noqa: E402
+
+from tests.reliability import asyncpg_dsn  # noqa: E402
 
 TOKEN = "bench-dn-token"
 WRK_LUA = r"""
@@ -562,22 +562,9 @@ async def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get update && apt-get install -y wrk")
 
-    server = make_url(
-        os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-        )
-    )
-    admin_dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"relay_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    db_url = server.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    )
-    dsn = server.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    db_url, admin_dsn = await create_database("relay_bench")
+    dsn = asyncpg_dsn(db_url)
     try:
-        await asyncio.to_thread(upgrade, db_url)
         plan, refs, _last = build_plan(args.dns)
         conn = await asyncpg.connect(dsn)
         await conn.execute(
@@ -613,9 +600,7 @@ async def main() -> None:
                         run_baseline, args, app, tmp, paths, dsn
                     )
     finally:
-        admin = await asyncpg.connect(admin_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(admin_dsn, db_url)
 
     n = args.dns
     dn_per_s = n / checks["span_s"] if checks["span_s"] else float("nan")

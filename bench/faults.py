@@ -33,7 +33,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -44,8 +43,9 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from throwaway_db import create_database, drop_database  # noqa: E402
+
 from app.bulk360.simulator import Simulator, SimulatorConfig  # noqa: E402
-from app.migrate import upgrade_async  # noqa: E402
 from tests.reliability import (  # noqa: E402
     DN,
     Answer,
@@ -59,8 +59,6 @@ from tests.reliability import (  # noqa: E402
     summary,
 )
 from tests.servers import RelayProcess  # noqa: E402
-
-DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
 def cluster_version() -> str:
@@ -102,30 +100,6 @@ async def ensure_cluster_started() -> None:
     if not await cluster_running():
         print("starting the Postgres cluster again", flush=True)
         await pg_ctlcluster("start")
-
-
-async def create_database(base: str) -> tuple[str, str]:
-    url = make_url(base)
-    name = f"relay_bench_faults_{uuid.uuid4().hex[:8]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    db = url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    )
-    await upgrade_async(db)
-    return db, admin_dsn
-
-
-async def drop_database(admin_dsn: str, db: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(db).database}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def empty(db: str) -> None:
@@ -364,10 +338,8 @@ async def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=300)
     args = parser.parse_args()
     scenarios = args.scenario or ["kill", "term", "restart"]
-    base = os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL)
-
     results: dict[str, bool] = {}
-    db, admin_dsn = await create_database(base)
+    db, admin_dsn = await create_database("relay_bench_faults")
     sim = Simulator(SimulatorConfig(dn_delay_s=0))
     await sim.start()
     logdir = Path(tempfile.mkdtemp(prefix="relay-faults-"))

@@ -61,38 +61,15 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from throwaway_db import create_database, drop_database  # noqa: E402
+
 from app.config import Settings, hash_api_key  # noqa: E402
-from app.migrate import upgrade_async  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 API_KEY = "bench-key"
 DEFAULT_POOL_SIZE = Settings.model_fields["db_pool_size"].default
 APP_KEY, APP_SECRET = "bench-app-key", "bench-app-secret"
 TEXT = "Your verification code is 482913. It expires in 5 minutes."
-
-
-async def create_database(base: str) -> tuple[str, str]:
-    url = make_url(base)
-    name = f"relay_bench_send_{uuid.uuid4().hex[:8]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    db = url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    )
-    await upgrade_async(db)
-    return db, admin_dsn
-
-
-async def drop_database(admin_dsn: str, db: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(db).database}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -301,8 +278,7 @@ async def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy the relay's concurrent phase")
     args = parser.parse_args()
 
-    base = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres")
-    db, admin_dsn = await create_database(base)
+    db, admin_dsn = await create_database("relay_bench_send")
     logs = Path(tempfile.mkdtemp(prefix="bench-send-"))
     sim_port, relay_port = free_port(), free_port()
     sim_url, relay_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{relay_port}"
