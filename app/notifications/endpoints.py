@@ -493,5 +493,5 @@ async def list_delivery_notifications(
     tags=["operations"],
 )
 async def error_codes() -> dict[str, list[dict[str, str]]]:
-    """Both Bulk360 tables: send-answer codes and DN error codes (public, no API key)."""
+    """Both Bulk360 tables (send-answer and DN error codes), with categories; no API key."""
     return error_code_tables()

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from app.bulk360.codes import ErrorCategory
+
 
 class DeliveryNotificationOut(BaseModel):
     id: int
@@ -52,8 +54,39 @@ class DeliveryNotificationPage(BaseModel):
 class ErrorCode(BaseModel):
     code: str
     description: str
+    category: ErrorCategory = Field(description="What can be done about it (CONTRACT §4.6).")
 
 
 class ErrorCodeTables(BaseModel):
     submit_codes: list[ErrorCode] = Field(description="Codes of the send answer (per recipient).")
     dn_error_codes: list[ErrorCode] = Field(description="`error-code` values of a DN.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "submit_codes": [
+                        {"code": "200", "description": "OK", "category": "none"},
+                        {
+                            "code": "402",
+                            "description": "Insufficient Account credit",
+                            "category": "account",
+                        },
+                    ],
+                    "dn_error_codes": [
+                        {"code": "000", "description": "No Error", "category": "none"},
+                        {
+                            "code": "501",
+                            "description": "Absent Subscriber",
+                            "category": "temporary",
+                        },
+                        {
+                            "code": "505",
+                            "description": "Unknown subscriber. The IMSI is unknown in the HLR",
+                            "category": "permanent",
+                        },
+                    ],
+                }
+            ]
+        }
+    }

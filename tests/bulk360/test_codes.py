@@ -7,14 +7,21 @@ from pathlib import Path
 import pytest
 
 from app.bulk360.codes import (
+    DN_CATEGORIES,
     DN_ERROR_CODES,
     DN_STATUSES,
+    NON_FINAL_DN_CODES,
+    SUBMIT_CATEGORIES,
     SUBMIT_CODES,
+    ErrorCategory,
     describe_error_code,
+    dn_error_category,
     error_code_tables,
+    message_error_category,
     message_status_for_dn,
     normalise_error_code,
     submit_description,
+    submit_error_category,
 )
 
 # Copied from shared/bulk360-api-v2.txt (the response-code table, with its DELIVERED and
@@ -213,8 +220,12 @@ def test_dn_statuses_are_the_doc_rows() -> None:
 def test_error_code_tables_payload() -> None:
     tables = error_code_tables()
     assert list(tables) == ["submit_codes", "dn_error_codes"]
-    assert tables["submit_codes"][0] == {"code": "200", "description": "OK"}
-    assert tables["dn_error_codes"][0] == {"code": "000", "description": "No Error"}
+    assert tables["submit_codes"][0] == {"code": "200", "description": "OK", "category": "none"}
+    assert tables["dn_error_codes"][0] == {
+        "code": "000",
+        "description": "No Error",
+        "category": "none",
+    }
     assert [(r["code"], r["description"]) for r in tables["submit_codes"]] == _doc_submit_rows()
     assert [(r["code"], r["description"]) for r in tables["dn_error_codes"]] == _doc_dn_rows()
 
@@ -223,3 +234,99 @@ def test_error_code_tables_are_fresh_per_call() -> None:
     first = error_code_tables()
     first["submit_codes"].clear()
     assert len(error_code_tables()["submit_codes"]) == len(SUBMIT_CODES)
+
+
+# ---- error categories (CONTRACT §4.6) ------------------------------------------------------
+
+
+def _doc_table(header: str) -> list[str]:
+    """The codes of one table of the provider document, read from its text."""
+    lines = SHARED_DOC.read_text(encoding="utf-8").splitlines()
+    start = lines.index(header) + 2  # past the header and its |---| rule
+    codes = []
+    for line in lines[start:]:
+        code, sep, _ = line.partition(" | ")
+        if not sep or not code.isdigit():
+            break
+        codes.append(code)
+    return codes
+
+
+def test_every_code_of_both_doc_tables_has_a_category() -> None:
+    submit = _doc_table("Response Code | Description |")
+    dn = _doc_table("Error Code | Description |")
+
+    assert len(submit) == 11
+    assert len(dn) == 38
+    assert {int(code) for code in submit} == set(SUBMIT_CATEGORIES)
+    assert set(dn) == set(DN_CATEGORIES)
+    for code in submit:
+        assert submit_error_category(int(code)) in ErrorCategory
+    for code in dn:
+        assert dn_error_category(code) in ErrorCategory
+
+
+@pytest.mark.parametrize(
+    ("code", "category"),
+    [
+        ("000", "none"),
+        ("0", "none"),
+        ("50", "unknown"),
+        ("050", "unknown"),
+        ("501", "temporary"),  # absent subscriber
+        ("511", "temporary"),  # busy
+        ("505", "permanent"),  # unknown subscriber
+        ("509", "permanent"),  # call barred
+        ("553", "account"),  # insufficient credit
+        ("569", "account"),  # invalid sender ID
+        ("558", "account"),  # throttling
+        ("552", "expired"),
+        ("556", "temporary"),  # buffered: not final, still trying
+        ("519", "unknown"),  # unlisted
+        ("E12", "unknown"),
+        (None, "unknown"),
+        ("", "unknown"),
+    ],
+)
+def test_dn_error_category(code: str | None, category: str) -> None:
+    assert dn_error_category(code) == category
+
+
+@pytest.mark.parametrize(
+    ("code", "category"),
+    [(200, "none"), (402, "account"), (412, "account"), (500, "temporary"), (404, "unknown")],
+)
+def test_submit_error_category(code: int, category: str) -> None:
+    assert submit_error_category(code) == category
+    assert submit_error_category(None) == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "submit_code", "category"),
+    [
+        ("delivered", "000", 200, "none"),
+        ("delivered", None, 200, "none"),
+        ("delivered", "50", 200, "none"),  # delivered did not fail, whatever 50 adds
+        ("pending", None, 200, "none"),
+        ("pending", "556", 200, "temporary"),
+        ("undelivered", "501", 200, "temporary"),
+        ("undelivered", "505", 200, "permanent"),
+        ("undelivered", None, 200, "unknown"),
+        ("undelivered", "50", 200, "unknown"),
+        ("rejected", None, 402, "account"),
+        ("rejected", None, None, "unknown"),
+        ("expired", None, 200, "expired"),
+        ("expired", "556", 200, "expired"),  # expired while buffered
+        ("expired", "552", 200, "expired"),
+        ("unknown", None, None, "unknown"),
+    ],
+)
+def test_message_error_category(
+    status: str, error_code: str | None, submit_code: int | None, category: str
+) -> None:
+    assert message_error_category(status, error_code, submit_code) == category
+
+
+def test_only_sms_buffered_is_not_final() -> None:
+    assert frozenset({"556"}) == NON_FINAL_DN_CODES
+    assert all(code in DN_ERROR_CODES for code in NON_FINAL_DN_CODES)

@@ -374,9 +374,11 @@ async def test_listing_needs_an_api_key_and_error_codes_do_not(relay: Relay) -> 
     assert listing.status_code == 401
     assert codes.status_code == 200
     tables = codes.json()
-    assert {"code": "000", "description": tables["dn_error_codes"][0]["description"]} in tables[
-        "dn_error_codes"
-    ]
+    assert {
+        "code": "000",
+        "description": tables["dn_error_codes"][0]["description"],
+        "category": "none",
+    } in tables["dn_error_codes"]
     assert any(c["code"] == "200" for c in tables["submit_codes"])
 
 
