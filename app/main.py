@@ -23,6 +23,7 @@ from app.notifications.endpoints import DNHookFastPath
 from app.notifications.endpoints import hook_router as dn_hook_router
 from app.notifications.endpoints import router as notifications_router
 from app.notifications.writer import DNWriter
+from app.ops.docs import install_offline_docs
 from app.ops.endpoints import router as ops_router
 from app.ops.logging import configure_logging
 from app.ops.middleware import RequestMiddleware
@@ -130,6 +131,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_offline_docs: FastAPI's pages load a CDN
+        redoc_url=None,
         # No per-request telemetry hooks: the DN hook is a hot path and we export our own.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     app.include_router(messages_router)
     app.include_router(notifications_router)
     app.include_router(ops_router)
+    install_offline_docs(app)
     # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
     # declared oversized body in plain text, outside the error shape.
     app.add_middleware(RequestMiddleware, max_body_bytes=MAX_BODY_BYTES)
