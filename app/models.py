@@ -28,7 +28,7 @@ from app.db import Base, UTCDateTime, utcnow
 # SQLite only autoincrements an INTEGER PRIMARY KEY; Postgres gets BIGINT identity.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
-MESSAGE_STATUSES = ("unknown", "pending", "delivered", "undelivered", "rejected")
+MESSAGE_STATUSES = ("unknown", "pending", "delivered", "undelivered", "rejected", "expired")
 
 
 class Message(Base):
@@ -64,7 +64,7 @@ class Message(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('unknown', 'pending', 'delivered', 'undelivered', 'rejected')",
+            "status IN ('unknown', 'pending', 'delivered', 'undelivered', 'rejected', 'expired')",
             name="status_valid",
         ),
         CheckConstraint("channel IN ('sms', 'whatsapp')", name="channel_valid"),

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-MessageStatus = Literal["pending", "delivered", "undelivered", "rejected", "unknown"]
+MessageStatus = Literal["pending", "delivered", "undelivered", "expired", "rejected", "unknown"]
 Channel = Literal["sms", "whatsapp"]
 
 _MESSAGE_EXAMPLE: dict[str, JsonValue] = {
