@@ -72,4 +72,11 @@ async def test_list_filters_are_documented_with_limits(spec: dict[str, Any]) -> 
     }
     assert params["limit"]["schema"]["maximum"] == 500
     statuses = params["status"]["schema"]["anyOf"][0]["enum"]
-    assert set(statuses) == {"pending", "delivered", "undelivered", "expired", "rejected", "unknown"}
+    assert set(statuses) == {
+        "pending",
+        "delivered",
+        "undelivered",
+        "expired",
+        "rejected",
+        "unknown",
+    }
