@@ -19,6 +19,10 @@ loop (`await Simulator(config).start()` on an ephemeral port) or standalone
   string when n is even, as a POST with an urlencoded form when odd. A DN answered non-200 or
   failing to connect is retried (`dn_attempts` in all, doubling backoff from `dn_backoff_s`).
   Several DNs for one message are sent one after the other, each awaited before the next.
+- Latency: `latency_ms` (`SIMULATOR_LATENCY_MS`, default 0) holds every token and send answer
+  that long after the request arrived, as the distance to the real provider would: a timer,
+  not a queue, so any number of requests wait at once (64 concurrent at 100 ms all answer in
+  ~100 ms).
 - Inspection: `GET /_simulator/sent` (accepted MTs), `GET /_simulator/state` (`token_requests`
   and `mt_requests` count every call to those URLs, refused ones included; `balance`;
   `dn_deliveries`, one entry per delivery attempt), `POST /_simulator/reset`, and
@@ -47,6 +51,8 @@ with error-code `000`.
 | `3002` | accepted; DELIVERED `000` twice (a duplicate) |
 | `3003` | accepted; DELIVERED `000`, then UNDELIVERED `501` (out of order: final UNDELIVERED) |
 | `3004` | accepted; one DELIVERED DN without the optional `error-code` field |
+| `3005` | accepted; one DELIVERED `000` DN whose `msgid` is `<ref>-0` |
+| `3006` | accepted; one DELIVERED `000` DN whose `msgid` is `<ref>.0602-0` |
 
 When a request holds several whole-request specials, the first in `to` order decides.
 Recipient entries that are not 6 to 15 digits (after an optional `whatsapp:` prefix), or a `from`
@@ -138,6 +144,7 @@ class SimulatorConfig:
     currency: str = "MYR"
     dn_attempts: int = 4
     dn_backoff_s: float = 0.2
+    latency_ms: float = 0.0
 
     @classmethod
     def from_env(cls) -> SimulatorConfig:
@@ -156,6 +163,7 @@ class SimulatorConfig:
             dn_delay_s=_env_float("SIMULATOR_DN_DELAY_S", d.dn_delay_s),
             slow_s=_env_float("SIMULATOR_SLOW_S", d.slow_s),
             balance=balance,
+            latency_ms=_env_float("SIMULATOR_LATENCY_MS", d.latency_ms),
         )
 
 
@@ -206,9 +214,14 @@ def _dn_plan(special: str | None) -> list[tuple[str, str | None]]:
     return [("DELIVERED", "000")]
 
 
+# Public Bulk360 integrations report DN msgids with these suffixes on the ref (CONTRACT §4.3).
+_MSGID_SUFFIXES = {"3005": "-0", "3006": ".0602-0"}
+
+
 @dataclass
 class _DN:
     ref: str
+    msgid: str  # the ref, or the ref with a suffix (3005, 3006)
     msisdn: str
     status: str
     error_code: str | None
@@ -310,8 +323,14 @@ class Simulator:
 
     # -- provider endpoints ------------------------------------------------------------------
 
+    async def _latency(self) -> None:
+        # A timer per request, so concurrent requests wait together, never one after another.
+        if self.config.latency_ms > 0:
+            await asyncio.sleep(self.config.latency_ms / 1000)
+
     async def _token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
+        await self._latency()
         form = await request.post()
         ok = (
             form.get("grant_type") == "client_credentials"
@@ -351,6 +370,7 @@ class Simulator:
 
     async def _send(self, request: web.Request) -> web.StreamResponse:
         self.mt_requests += 1
+        await self._latency()
         if not self._authorized(request):
             return _json({"code": 401, "desc": DESCS[401]}, 401)
         form = await request.post()
@@ -459,11 +479,12 @@ class Simulator:
         plan = _dn_plan(r.special)
         if url is None or not plan:
             return
+        msgid = ref + _MSGID_SUFFIXES.get(r.special or "", "")
         dns = []
         for status, error_code in plan:
             how = "GET" if self._dn_seq % 2 == 0 else "POST"
             self._dn_seq += 1
-            dns.append(_DN(ref, r.msisdn, status, error_code, how))
+            dns.append(_DN(ref, msgid, r.msisdn, status, error_code, how))
         task = asyncio.get_running_loop().create_task(self._deliver_all(url, dns))
         self._dn_tasks.add(task)
         task.add_done_callback(self._dn_tasks.discard)
@@ -477,7 +498,7 @@ class Simulator:
         fields = {"status": dn.status}
         if dn.error_code is not None:
             fields["error-code"] = dn.error_code
-        fields |= {"msisdn": dn.msisdn, "msgid": dn.ref}
+        fields |= {"msisdn": dn.msisdn, "msgid": dn.msgid}
         attempts = max(1, self.config.dn_attempts)
         for attempt in range(1, attempts + 1):
             http_status: int | None = None
@@ -496,6 +517,7 @@ class Simulator:
             self.dn_deliveries.append(
                 {
                     "ref": dn.ref,
+                    "msgid": dn.msgid,
                     "msisdn": dn.msisdn,
                     "status": dn.status,
                     "error_code": dn.error_code,

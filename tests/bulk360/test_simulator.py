@@ -539,6 +539,19 @@ async def test_reserved_number_gets_its_dns_in_order(
         assert "error-code" not in receiver.received[0][1]
 
 
+@pytest.mark.parametrize(("last4", "suffix"), [("3005", "-0"), ("3006", ".0602-0")])
+async def test_reserved_number_gets_one_delivered_dn_with_a_suffixed_msgid(
+    dn_provider: Provider, receiver: DNReceiver, last4: str, suffix: str
+) -> None:
+    _, body = await dn_provider.send(special(last4))
+    await dn_provider.sim.wait_dns_sent()
+    [(_, fields)] = receiver.received
+    assert fields["msgid"] == body["ref"] + suffix
+    assert (fields["status"], fields["error-code"]) == ("DELIVERED", "000")
+    [delivery] = dn_provider.sim.dn_deliveries
+    assert (delivery["ref"], delivery["msgid"]) == (body["ref"], body["ref"] + suffix)
+
+
 async def test_several_dns_for_many_messages_keep_per_message_order(
     dn_provider: Provider, receiver: DNReceiver
 ) -> None:
@@ -639,6 +652,53 @@ async def test_sent_state_and_reset_endpoints(dn_provider: Provider) -> None:
         assert await resp.json() == {"count": 0, "messages": []}
 
 
+# -- latency -----------------------------------------------------------------------------------
+
+
+async def test_latency_holds_token_and_send_answers(http: aiohttp.ClientSession) -> None:
+    sim = Simulator(config(latency_ms=100))
+    provider = Provider(sim, await sim.start(), http)
+    try:
+        started = time.perf_counter()
+        token = await provider.token()
+        token_s = time.perf_counter() - started
+        started = time.perf_counter()
+        status, _ = await provider.send("60123240066", token=token)
+        send_s = time.perf_counter() - started
+    finally:
+        await sim.stop()
+    assert status == 200
+    assert token_s >= 0.1
+    assert send_s >= 0.1
+
+
+async def test_latency_holds_concurrent_answers_together_not_in_turn(
+    http: aiohttp.ClientSession,
+) -> None:
+    sim = Simulator(config())
+    provider = Provider(sim, await sim.start(), http)
+
+    async def send_64(token: str) -> float:
+        started = time.perf_counter()
+        answers = await asyncio.gather(
+            *(provider.send(f"601232{i:05d}", token=token) for i in range(64))
+        )
+        assert [status for status, _ in answers] == [200] * 64
+        return time.perf_counter() - started
+
+    try:
+        token = await provider.token()
+        await send_64(token)  # opens the 64 connections: both measured runs reuse them
+        without = await send_64(token)
+        sim.config.latency_ms = 100
+        held = await send_64(token)
+    finally:
+        await sim.stop()
+    # The latency adds about itself to 64 concurrent answers; held in turn it would add 64x.
+    added = (held - without) / 0.1
+    assert 0.9 < added < 4, (without, held)
+
+
 def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BULK360_APP_KEY", "k")
     monkeypatch.setenv("BULK360_APP_SECRET", "s")
@@ -647,6 +707,7 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIMULATOR_DN_DELAY_S", "0.5")
     monkeypatch.setenv("SIMULATOR_SLOW_S", "2")
     monkeypatch.setenv("SIMULATOR_BALANCE", "12.5")
+    monkeypatch.setenv("SIMULATOR_LATENCY_MS", "80")
     cfg = SimulatorConfig.from_env()
     assert (cfg.app_key, cfg.app_secret, cfg.token_ttl_s, cfg.dn_url) == (
         "k",
@@ -655,13 +716,20 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "http://relay/dn/x",
     )
     assert (cfg.dn_delay_s, cfg.slow_s, cfg.balance) == (0.5, 2.0, Decimal("12.5"))
+    assert cfg.latency_ms == 80.0
     monkeypatch.setenv("SIMULATOR_SLOW_S", "soon")
     with pytest.raises(ValueError, match="SIMULATOR_SLOW_S"):
         SimulatorConfig.from_env()
 
 
 def test_config_from_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("BULK360_APP_KEY", "BULK360_APP_SECRET", "SIMULATOR_DN_URL", "SIMULATOR_BALANCE"):
+    for name in (
+        "BULK360_APP_KEY",
+        "BULK360_APP_SECRET",
+        "SIMULATOR_DN_URL",
+        "SIMULATOR_BALANCE",
+        "SIMULATOR_LATENCY_MS",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert SimulatorConfig.from_env() == SimulatorConfig()
 
