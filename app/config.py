@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # Built-in sandbox simulator: delay before it sends DNs back.
     sandbox_dn_delay_s: float = Field(default=1.0, ge=0)
     db_pool_size: int = Field(default=20, gt=0)
+    # Outcomes (CONTRACT §3): a pending message with no final DN for this long is expired; the
+    # periodic sweeps (expiry, retention, expired idempotency keys) run this often.
+    dn_deadline_h: float = Field(default=72.0, gt=0)
+    retention_days: float | None = Field(default=None, gt=0)
+    sweep_interval_s: float = Field(default=60.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from app.bulk360.simulator import Simulator
     from app.messages.late_answers import LateAnswers
     from app.notifications.writer import DNWriter
+    from app.outcomes.sweeps import Sweeper
 
 
 @dataclass
@@ -34,6 +35,7 @@ class State:
     dn_writer: DNWriter
     late_answers: LateAnswers
     simulator: Simulator | None = None
+    sweeper: Sweeper | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
 

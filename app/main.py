@@ -27,6 +27,7 @@ from app.ops.docs import install_offline_docs
 from app.ops.endpoints import router as ops_router
 from app.ops.logging import configure_logging
 from app.ops.middleware import RequestMiddleware
+from app.outcomes.sweeps import Sweeper
 
 log = structlog.get_logger("app")
 
@@ -96,8 +97,10 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         bulk360 = Bulk360Client(settings, base_url=base_url)
         dn_writer = DNWriter(settings, engine)
         late_answers = LateAnswers()
+        sweeper = Sweeper(settings, engine)
         await bulk360.start()
         await dn_writer.start()
+        await sweeper.start()
         if settings.sandbox:
             log.warning(
                 "sandbox mode: nothing is really sent; "
@@ -112,6 +115,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             dn_writer=dn_writer,
             late_answers=late_answers,
             simulator=simulator,
+            sweeper=sweeper,
         )
         if tune_gc:
             _tune_gc()
@@ -119,6 +123,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             yield {"relay": state}
         finally:
             # uvicorn has finished in-flight requests by now; the writer drains its queue.
+            await sweeper.stop()
             await dn_writer.stop()
             await late_answers.stop()  # before the engine goes: a last try to record them
             await bulk360.close()

@@ -65,3 +65,14 @@ UPSTREAM_TOKEN_STATE = Gauge(
     ["state"],
     multiprocess_mode="livemax",  # with several workers: 1 if any live worker is in that state
 )
+SWEEP_ROWS = Counter(
+    "relay_sweep_rows_total",
+    "Rows changed by the periodic sweeps: expired messages, pruned rows, purged keys",
+    ["kind"],
+)
+SWEEP_SECONDS = Histogram(
+    "relay_sweep_duration_seconds",
+    "Time of each sweep (expiry, retention, idempotency_keys, stats) and of one expiry batch",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
