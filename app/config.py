@@ -8,6 +8,7 @@ curl tour works with no configuration, and those defaults never apply in `live` 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import secrets
 from functools import cached_property
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     dn_deadline_h: float = Field(default=72.0, gt=0)
     retention_days: float | None = Field(default=None, gt=0)
     sweep_interval_s: float = Field(default=60.0, gt=0)
+    # Signs the operator console's session cookies and CSRF tokens (see console_signing_key).
+    console_secret: SecretStr | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -98,6 +101,13 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("console_secret")
+    @classmethod
+    def _long_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -174,6 +184,20 @@ class Settings(BaseSettings):
         # Sandbox only (live refuses to start without it): a random token for this start.
         return secrets.token_urlsafe(24)
 
+    @cached_property
+    def console_signing_key(self) -> bytes:
+        """The key of the console's session cookies and CSRF tokens: CONSOLE_SECRET when set.
+        Unset in live mode it is derived from BULK360_APP_SECRET and DN_HOOK_TOKEN (both
+        required there), so every replica signs alike and sessions survive a restart; changing
+        either secret signs everyone out. Unset in sandbox mode: random for this start."""
+        if self.console_secret is not None:
+            return self.console_secret.get_secret_value().strip().encode()
+        if self.bulk360_mode == "live":
+            # One-way: a console cookie reveals nothing about the secrets it was derived from.
+            message = b"bulk360-relay console v1\x00" + self.effective_dn_hook_token.encode()
+            return hmac.digest(self.effective_app_secret.encode(), message, "sha256")
+        return secrets.token_bytes(32)
+
     @property
     def effective_app_key(self) -> str:
         if self.bulk360_app_key is not None:
@@ -195,6 +219,8 @@ class Settings(BaseSettings):
             used.append("DN_HOOK_TOKEN unset: a random token for this start")
         if self.bulk360_app_key is None or self.bulk360_app_secret is None:
             used.append("BULK360_APP_KEY/SECRET unset: fixed sandbox credentials")
+        if self.console_secret is None:
+            used.append("CONSOLE_SECRET unset: console sign-ins last until this process stops")
         return used
 
 

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from app import __version__
 from app.bulk360.client import Bulk360Client
 from app.config import Settings, load_settings
+from app.console.endpoints import install_console
 from app.db import create_engine, create_sessionmaker
 from app.deps import State, refusal_before_dependencies
 from app.errors import install_error_handlers
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     app.include_router(notifications_router)
     app.include_router(ops_router)
     install_offline_docs(app)
+    install_console(app)
     # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
     # declared oversized body in plain text, outside the error shape.
     app.add_middleware(RequestMiddleware, max_body_bytes=MAX_BODY_BYTES)

@@ -1,0 +1,173 @@
+"""The operator console in Chromium, as an operator uses it: the relay on a real socket, the
+simulator sending real DNs back, the browser reaching nothing but the relay."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from playwright.async_api import Browser, Page, expect
+
+from tests.conftest import DN_TOKEN, OTHER_API_KEY, TEST_API_KEY
+from tests.console.conftest import LiveRelay, Tab, open_tab, save_screenshot
+
+CUSTOMER = "60123240066"  # typed as 012-324 0066 in the search box
+OUT_OF_ORDER = "60199993003"  # simulator: DELIVERED 000, then UNDELIVERED 501
+RETRIED = "60199993001"  # simulator: UNDELIVERED 511, then DELIVERED 000
+
+
+async def send(relay: LiveRelay, to: str, **fields: str) -> list[dict[str, str]]:
+    answer = await relay.client.post("/v1/messages", json={"to": to, "text": "Your OTP", **fields})
+    assert answer.status_code == 201, answer.text
+    await relay.simulator.wait_dns_sent()
+    messages: list[dict[str, str]] = answer.json()["messages"]
+    return messages
+
+
+async def sign_in(page: Page, api_key: str = TEST_API_KEY) -> None:
+    await page.goto("/console")
+    await expect(page).to_have_url(re.compile(r"/console/sign-in"))
+    await page.get_by_label("API key").fill(api_key)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def test_sign_in_search_a_national_number_open_it_and_sign_out(
+    browser: Browser, live_relay: LiveRelay
+) -> None:
+    # JavaScript off: every step is a plain link or form.
+    tab = await open_tab(browser, live_relay, java_script=False)
+    page = tab.page
+    try:
+        (sent,) = await send(live_relay, CUSTOMER, client_ref="otp-7781")
+        await send(live_relay, "60123240077")  # someone else: not in the results
+        await sign_in(page)
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await page.get_by_role("link", name="Messages", exact=True).click()
+        await page.get_by_label("Phone number, ref or client ref").fill("012-324 0066")
+        await page.get_by_role("button", name="Search").click()
+        rows = page.locator("table.messages tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text(CUSTOMER)
+        await save_screenshot(page, "console_search_national_number")
+        await rows.first.get_by_role("link", name=sent["ref"]).click()
+        await expect(page).to_have_url(re.compile(f"/console/messages/{sent['ref']}$"))
+        await expect(page.locator("dl.fields")).to_contain_text("otp-7781")
+        await expect(page.locator("tr.dn")).to_have_count(1)
+        await expect(page.locator("tr.dn")).to_contain_text("DELIVERED")
+        await save_screenshot(page, "console_message_page")
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        await page.goto("/console/messages")
+        await expect(page).to_have_url(re.compile(r"/console/sign-in\?next="))
+        assert tab.blocked == []
+    finally:
+        await tab.context.close()
+
+
+async def test_every_dn_of_a_multi_dn_number_in_receipt_order(tab: Tab) -> None:
+    sent = {m["to"]: m["ref"] for m in await send(tab.relay, f"{RETRIED},{OUT_OF_ORDER}")}
+    await sign_in(tab.page)
+    expected = {
+        RETRIED: [("UNDELIVERED", "511", "temporary"), ("DELIVERED", "000", "none")],
+        OUT_OF_ORDER: [("DELIVERED", "000", "none"), ("UNDELIVERED", "501", "temporary")],
+    }
+    for number, dns in expected.items():
+        await tab.page.goto(f"/console/messages/{sent[number]}")
+        rows = tab.page.locator("tr.dn")
+        await expect(rows).to_have_count(len(dns))
+        cells = [await row.locator("td").all_inner_texts() for row in await rows.all()]
+        seqs = [int(c[0]) for c in cells]
+        assert seqs == sorted(seqs), "receipt order"
+        assert [(c[2], c[3], c[5]) for c in cells] == dns
+        assert all(c[6] == sent[number] for c in cells)  # each DN's msgid
+        # The last DN received decides, and the other recipient of the send is listed.
+        last_status = dns[-1][0].lower()
+        await expect(tab.page.locator("dl.fields")).to_contain_text(last_status)
+        other = OUT_OF_ORDER if number == RETRIED else RETRIED
+        await expect(tab.page.locator("#send + p + .scroll")).to_contain_text(other)
+        await save_screenshot(tab.page, f"console_dns_{number}")
+
+
+async def test_export_csv_of_the_current_filter(tab: Tab, tmp_path: Path) -> None:
+    await send(tab.relay, f"{CUSTOMER},60123240077,60199992501")
+    await sign_in(tab.page)
+    await tab.page.goto("/console/messages?status=undelivered")
+    await expect(tab.page.locator("table.messages tbody tr")).to_have_count(1)
+    async with tab.page.expect_download() as download_info:
+        await tab.page.get_by_role("link", name="Export CSV").click()
+    download = await download_info.value
+    assert re.fullmatch(r"messages-\d{8}T\d{6}Z\.csv", download.suggested_filename)
+    path = tmp_path / "export.csv"
+    await download.save_as(path)
+    with path.open(newline="", encoding="utf-8") as exported:
+        rows = list(csv.DictReader(exported))
+    assert [(r["to"], r["status"], r["error_code"]) for r in rows] == [
+        ("60199992501", "undelivered", "501")
+    ]
+
+
+async def test_wrong_key_is_refused(tab: Tab) -> None:
+    await sign_in(tab.page, "not-a-key")
+    await expect(tab.page.get_by_role("alert")).to_have_text("That API key is not valid.")
+    await expect(tab.page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await tab.page.goto("/console")
+    await expect(tab.page).to_have_url(re.compile(r"/console/sign-in"))
+
+
+def console_pages(refs: list[str]) -> list[str]:
+    return [
+        "/console",
+        "/console?window=7d",
+        "/console/messages",
+        "/console/messages?q=012-324+0066",
+        "/console/messages?status=undelivered",
+        "/console/unmatched-dns",
+        *(f"/console/messages/{ref}" for ref in refs),
+        "/console/messages/no-such-ref",
+    ]
+
+
+async def test_no_secret_in_any_page(tab: Tab) -> None:
+    sent = await send(tab.relay, f"{CUSTOMER},{RETRIED}", client_ref="otp-1")
+    settings = tab.relay.settings
+    key = settings.console_signing_key
+    secrets = [
+        TEST_API_KEY,
+        OTHER_API_KEY,
+        DN_TOKEN,
+        settings.effective_app_secret,
+        key.hex(),
+        *(digest for digest in settings.api_key_hashes),  # not secret, but never shown either
+    ]
+    pages = ["/console/sign-in", *console_pages([m["ref"] for m in sent])]
+    html = [await (await tab.page.goto(p)).text() for p in pages[:1]]  # type: ignore[union-attr]
+    await sign_in(tab.page)
+    for path in pages[1:]:
+        response = await tab.page.goto(path)
+        assert response is not None
+        html.append(await tab.page.content())
+    for text in html:
+        for secret in secrets:
+            assert secret not in text
+
+
+async def test_readable_at_375_px_without_horizontal_scroll(
+    browser: Browser, live_relay: LiveRelay
+) -> None:
+    sent = await send(live_relay, f"{CUSTOMER},{OUT_OF_ORDER}", client_ref="a-long-client-ref-1234")
+    tab = await open_tab(browser, live_relay, width=375)
+    try:
+        await sign_in(tab.page)
+        for path in ["/console/sign-in?next=/console", *console_pages([m["ref"] for m in sent])]:
+            await tab.page.goto(path)
+            overflow = await tab.page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{path} scrolls sideways by {overflow} px"
+        await tab.page.goto("/console")
+        await save_screenshot(tab.page, "console_overview_375px")
+        await tab.page.goto(f"/console/messages/{sent[1]['ref']}")
+        await save_screenshot(tab.page, "console_message_375px")
+    finally:
+        await tab.context.close()
