@@ -158,18 +158,25 @@ CHART_W, CHART_H, CHART_TOP = 720, 160, 8
 
 
 @dataclass(frozen=True)
-class Bar:
-    x: float
+class Segment:
     y: float
-    width: float
     height: float
     status: str
+
+
+@dataclass(frozen=True)
+class Column:
+    """One hour: its stacked segments and one tooltip for them all."""
+
+    x: float
+    width: float
     title: str
+    segments: list[Segment]
 
 
 @dataclass(frozen=True)
 class Chart:
-    bars: list[Bar]
+    columns: list[Column]
     ticks: list[str]  # evenly spaced labels from the first hour to the end (operator's time)
     peak: int
     width: int = CHART_W
@@ -185,18 +192,22 @@ def hourly_chart(
     peak = max((sum(counts.values()) for _, counts in buckets), default=0)
     slot = CHART_W / max(hours, 1)
     scale = (CHART_H - CHART_TOP) / peak if peak else 0.0
-    bars: list[Bar] = []
+    columns: list[Column] = []
     for i, (start, counts) in enumerate(buckets):
+        if not any(counts.values()):
+            continue
         top = float(CHART_H)
+        segments = []
         for status in CHART_STACK:
-            n = counts.get(status, 0)
-            if not n:
-                continue
-            h = n * scale
-            top -= h
-            title = f"{start:%Y-%m-%d %H:00} UTC: {n} {status}"
-            width = round(slot * 0.85, 2)  # a gap between hours
-            bars.append(Bar(round(i * slot, 2), round(top, 2), width, round(h, 2), status, title))
+            if n := counts.get(status, 0):
+                top -= n * scale
+                segments.append(Segment(round(top, 2), round(n * scale, 2), status))
+        local = start.astimezone(zone)
+        title = f"{local:%d %b %H:00} ({_zone_label(local)}): " + ", ".join(
+            f"{counts[s]} {s}" for s in CHART_STACK if counts.get(s)
+        )
+        # 85% of the slot: a gap between hours.
+        columns.append(Column(round(i * slot, 2), round(slot * 0.85, 2), title, segments))
     step = 6 if hours <= 48 else 24
     first = buckets[0][0] if buckets else datetime.now(UTC)
     fmt = "%H:%M" if step < 24 else "%d %b"
@@ -204,7 +215,7 @@ def hourly_chart(
         (first + timedelta(hours=h)).astimezone(zone).strftime(fmt)
         for h in range(0, hours + 1, step)
     ]
-    return Chart(bars, ticks, peak)
+    return Chart(columns, ticks, peak)
 
 
 # ---- CSV ---------------------------------------------------------------------------------
