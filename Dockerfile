@@ -37,8 +37,8 @@ RUN groupadd --system --gid 10001 relay \
     && useradd --system --uid 10001 --gid relay --create-home --home-dir /home/relay \
        --shell /usr/sbin/nologin relay
 COPY --from=builder /opt/venv /opt/venv
-# The working directory is the only writable place: the default SQLite DATABASE_URL
-# (./bulk360.db) lands here when no Postgres is configured.
+# The image has no embedded PostgreSQL (the `embedded` extra is left out): it runs against
+# DATABASE_URL, the compose file's postgres service or a managed server.
 WORKDIR /home/relay
 USER 10001:10001
 

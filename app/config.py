@@ -34,13 +34,14 @@ class Settings(BaseSettings):
         env_file=".env", env_ignore_empty=True, extra="ignore", case_sensitive=False
     )
 
-    database_url: str = "sqlite+aiosqlite:///./bulk360.db"
+    # None: sandbox mode runs the embedded PostgreSQL (app/embedded.py); live mode refuses.
+    database_url: str | None = None
     bulk360_mode: Literal["sandbox", "live"] = "sandbox"
     bulk360_base_url: str = "https://sms.360.my"
     bulk360_app_key: SecretStr | None = None
     bulk360_app_secret: SecretStr | None = None
     bulk360_timeout_s: float = 30.0
-    bulk360_max_concurrency: int = 8
+    bulk360_max_concurrency: int = 64
     # Kept as raw strings (pydantic-settings would try to JSON-decode a list type).
     api_keys: SecretStr | None = None
     dn_hook_token: SecretStr | None = None
@@ -95,6 +96,22 @@ class Settings(BaseSettings):
             raise ValueError(f"must be positive, got {v}")
         return v
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if v.startswith(("postgresql://", "postgres://")):
+            # The relay talks to PostgreSQL through asyncpg; accept the plain libpq spelling.
+            v = "postgresql+asyncpg://" + v.split("://", 1)[1]
+        if not v.startswith("postgresql+asyncpg://"):
+            # Only the scheme is shown: the rest may hold a password.
+            raise ValueError(
+                f"must be a PostgreSQL URL (postgresql+asyncpg://...), got {v.split(':', 1)[0]}:..."
+            )
+        return v
+
     @field_validator("bulk360_base_url", "public_base_url")
     @classmethod
     def _url(cls, v: str) -> str:
@@ -118,12 +135,14 @@ class Settings(BaseSettings):
             missing = [
                 name
                 for name, value in (
+                    ("DATABASE_URL", self.database_url),
                     ("BULK360_APP_KEY", self.bulk360_app_key),
                     ("BULK360_APP_SECRET", self.bulk360_app_secret),
                     ("API_KEYS", self.api_keys),
                     ("DN_HOOK_TOKEN", self.dn_hook_token),
                 )
-                if value is None or not value.get_secret_value().strip()
+                if value is None
+                or not (value if isinstance(value, str) else value.get_secret_value()).strip()
             ]
             if missing:
                 raise ConfigError(
@@ -213,6 +232,8 @@ class Settings(BaseSettings):
     def sandbox_defaults_in_use(self) -> list[str]:
         """Names of the sandbox defaults that apply, for the start-up WARNING line."""
         used = []
+        if self.database_url is None:
+            used.append("DATABASE_URL unset: the embedded PostgreSQL in ./.data/postgres")
         if not self.api_keys:
             used.append(f"API_KEYS unset: the key {SANDBOX_API_KEY!r} is accepted")
         if self.dn_hook_token is None:

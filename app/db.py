@@ -1,11 +1,13 @@
-"""Database plumbing: the declarative Base with a naming convention, engine and session helpers.
+"""Database plumbing: the declarative Base with a naming convention, the engine (PostgreSQL
+through asyncpg, a fixed pool) and the session factory.
 
-Services only flush; the endpoint commits once, before the response is sent.
+Hot paths (the send path, the DN writer) use asyncpg directly on a connection checked out of
+the engine's pool; everything else uses SQLAlchemy sessions and commits once per request, in
+the endpoint, before the response is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,34 +34,21 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
-
-
 def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
-    kwargs: dict[str, Any] = {}
-    if is_sqlite(url):
-        # One file, one writer: a generous busy timeout instead of "database is locked".
-        kwargs["connect_args"] = {"timeout": 30}
-        kwargs["pool_pre_ping"] = True
-    else:
-        # No pool_pre_ping: on asyncpg it is BEGIN, `;`, ROLLBACK (three round trips) on every
-        # checkout, six per send. `_drop_closed_connections` below does its job for free.
-        kwargs.update(
-            # A fixed set of connections: under load an overflow connection was closed when
-            # returned and opened again for the next checkout (connect, authenticate, type
-            # set-up: milliseconds of CPU each). Checkouts are short, waiting is cheaper.
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=5,  # a request waits at most this for a connection, then 503
-            # Fail fast when the server is down instead of hanging on connect.
-            connect_args={"timeout": 5, "command_timeout": 30},
-        )
-    engine = create_async_engine(url, **kwargs)
-    if is_sqlite(url):
-        _configure_sqlite(engine)
-    else:
-        event.listen(engine.sync_engine.pool, "checkout", _drop_closed_connections)
+    # No pool_pre_ping: on asyncpg it is BEGIN, `;`, ROLLBACK (three round trips) on every
+    # checkout, six per send. `_drop_closed_connections` below does its job for free.
+    engine = create_async_engine(
+        url,
+        # A fixed set of connections: under load an overflow connection was closed when
+        # returned and opened again for the next checkout (connect, authenticate, type set-up:
+        # milliseconds of CPU each). Checkouts are short, waiting is cheaper.
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=5,  # a request waits at most this for a connection, then 503
+        # Fail fast when the server is down instead of hanging on connect.
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+    event.listen(engine.sync_engine.pool, "checkout", _drop_closed_connections)
     return engine
 
 
@@ -73,39 +62,12 @@ def _drop_closed_connections(dbapi_conn: Any, _record: Any, _proxy: Any) -> None
         raise DisconnectionError("connection closed by the server while pooled")
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        # We emit BEGIN ourselves (below); the driver must not.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
-        # writes fails with SQLITE_BUSY_SNAPSHOT when another writer got in between.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session for one request; rolled back (never committed) on the way out."""
-    async with maker() as session:
-        try:
-            yield session
-        finally:
-            await session.rollback()
-
-
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC timestamps on every backend (SQLite drops the offset otherwise)."""
+    """`timestamptz` that refuses a naive datetime and always hands back UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ import structlog
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from app import __version__
+from app import __version__, embedded
 from app.bulk360.client import Bulk360Client
 from app.config import Settings, load_settings
 from app.console.endpoints import install_console
@@ -80,7 +81,9 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, State]]:
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        # DATABASE_URL, or the embedded server (sandbox): started in a thread, it takes ~1.5 s.
+        url = await asyncio.to_thread(embedded.database_url, settings)
+        engine = create_engine(url, pool_size=settings.db_pool_size)
         simulator = None
         base_url = settings.bulk360_base_url
         if settings.uses_builtin_simulator:

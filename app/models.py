@@ -24,17 +24,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
-
-# SQLite only autoincrements an INTEGER PRIMARY KEY; Postgres gets BIGINT identity.
-BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
-
-MESSAGE_STATUSES = ("unknown", "pending", "delivered", "undelivered", "rejected", "expired")
+from app.vocabulary import Channel, MessageStatus, sql_in
 
 
 class Message(Base):
     __tablename__ = "messages"
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     # All rows of one POST /v1/messages share it (a UUID), e.g. to find the rest of a batch.
     send_id: Mapped[str] = mapped_column(String(36))
     api_key_name: Mapped[str] = mapped_column(String(64))
@@ -46,7 +42,7 @@ class Message(Base):
     segments: Mapped[int | None] = mapped_column(Integer)
     # Null until the provider answers; unique so a DN's msgid finds exactly one message.
     ref: Mapped[str | None] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="unknown")
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.UNKNOWN)
     submit_code: Mapped[int | None] = mapped_column(Integer)
     submit_desc: Mapped[str | None] = mapped_column(String(255))
     rate: Mapped[str | None] = mapped_column(String(32))  # decimal text, as the provider charged
@@ -63,11 +59,8 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('unknown', 'pending', 'delivered', 'undelivered', 'rejected', 'expired')",
-            name="status_valid",
-        ),
-        CheckConstraint("channel IN ('sms', 'whatsapp')", name="channel_valid"),
+        CheckConstraint(sql_in("status", MessageStatus), name="status_valid"),
+        CheckConstraint(sql_in("channel", Channel), name="channel_valid"),
         # Lookups are newest first with keyset pagination on (created_at, id).
         Index("ix_messages_created_at_id", "created_at", "id"),
         Index("ix_messages_msisdn_created_at_id", "msisdn", "created_at", "id"),
@@ -80,8 +73,8 @@ class Message(Base):
 class DeliveryNotification(Base):
     __tablename__ = "delivery_notifications"
 
-    # Identity on Postgres (a sequence), INTEGER PRIMARY KEY on SQLite: the receipt order.
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # An identity column (a database sequence): the receipt order.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     msgid: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(32))  # normalised ("0" -> "000")
@@ -89,7 +82,7 @@ class DeliveryNotification(Base):
     msisdn: Mapped[str | None] = mapped_column(String(64))
     # Null while no message carries this msgid as its ref (the DN may beat the send answer).
     message_id: Mapped[int | None] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"),
+        BigInteger,
         ForeignKey("messages.id", ondelete="SET NULL"),
     )
     raw: Mapped[str] = mapped_column(Text)  # every field as received, JSON
@@ -102,7 +95,6 @@ class DeliveryNotification(Base):
             "ix_delivery_notifications_unmatched_id",
             "id",
             postgresql_where=text("message_id IS NULL"),
-            sqlite_where=text("message_id IS NULL"),
         ),
     )
 

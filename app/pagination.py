@@ -79,7 +79,7 @@ def before(at_column: Any, id_column: Any, cursor: Cursor) -> ColumnElement[bool
     """`(at, id) < (cursor.at, cursor.id)`: rows after the cursor in newest-first order.
 
     A row-value comparison, so Postgres walks the `(…, created_at, id)` index from the
-    cursor on (SQLite ≥ 3.15 supports it too).
+    cursor on.
     """
     return tuple_(at_column, id_column) < tuple_(
         _typed(at_column, cursor.at), _typed(id_column, cursor.id)

@@ -1,17 +1,16 @@
-"""Shared fixtures: a migrated database per backend, the simulator, the relay.
+"""Shared fixtures: a migrated PostgreSQL database, the simulator, the relay.
 
-Every database test runs on SQLite and, when TEST_DATABASE_URL is set, on Postgres too. In CI
-(CI=true) a Postgres test that cannot run is a failure, never a skip.
+Every test runs on PostgreSQL: a throw-away database on TEST_DATABASE_URL's server when it is
+set (CI), else on an embedded server the suite starts once (app/embedded.py). No test is
+skipped for want of a database.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,82 +29,87 @@ from app.deps import State
 from app.main import create_app
 from app.migrate import upgrade_async
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 
 TEST_API_KEY = "test-key-1"
 OTHER_API_KEY = "test-key-2"
 DN_TOKEN = "test-dn-token"
-TABLES = ("delivery_notifications", "messages", "idempotency_keys")
-
-
-def _postgres_unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"Postgres tests must run in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
-async def postgres_url() -> AsyncIterator[str]:
-    """A throw-away database on the server of TEST_DATABASE_URL, migrated to head."""
-    if not PG_URL:
-        _postgres_unavailable("TEST_DATABASE_URL is not set")
-    assert PG_URL is not None
-    base = make_url(PG_URL)
-    name = f"relay_test_{uuid.uuid4().hex[:10]}"
-    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = await asyncpg.connect(admin_dsn, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        _postgres_unavailable(f"cannot connect to TEST_DATABASE_URL: {exc}")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The server the suite runs on: TEST_DATABASE_URL's (CI), else an embedded PostgreSQL
+    started once for this session in a temporary directory (deleted when the suite exits)."""
+    if PG_URL:
+        return PG_URL
+    from app import embedded
+
+    return embedded.start(tmp_path_factory.mktemp("embedded") / "pg", delete_on_exit=True)
+
+
+@pytest.fixture(scope="session")
+async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
+    """A throw-away database on the suite's server, migrated to head."""
+    url = await create_database(postgres_server, f"relay_test_{uuid.uuid4().hex[:10]}")
+    await upgrade_async(url)
+    yield url
+    await drop_database(url)
+
+
+def _libpq_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_database(server_url: str, name: str) -> str:
+    """Create database `name` on the server of `server_url`; return its asyncpg URL."""
+    admin = await asyncpg.connect(_libpq_dsn(server_url), timeout=10)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
+    return (
+        make_url(server_url)
+        .set(drivername="postgresql+asyncpg", database=name)
+        .render_as_string(hide_password=False)
     )
-    await upgrade_async(url)
-    yield url
-    admin = await asyncpg.connect(admin_dsn, timeout=5)
+
+
+async def drop_database(url: str) -> None:
+    name = make_url(url).database
+    admin_url = make_url(url).set(database="postgres").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(_libpq_dsn(admin_url), timeout=10)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
 
 
-@pytest.fixture(scope="session")
-async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("db") / "relay.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    await upgrade_async(url)
-    return url
+@pytest.fixture
+async def empty_db_url(postgres_server: str) -> AsyncIterator[str]:
+    """A database of its own with nothing in it (not migrated), dropped after the test."""
+    url = await create_database(postgres_server, f"relay_empty_{uuid.uuid4().hex[:8]}")
+    yield url
+    await drop_database(url)
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A migrated database with empty tables, on each backend."""
-    # Sync on purpose: pytest-asyncio cannot set up an async fixture through getfixturevalue
-    # from inside another async fixture ("Runner.run() cannot be called from a running loop").
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _empty_tables(url)).result()
-    return url
-
-
-async def _empty_tables(url: str) -> None:
-    engine = create_async_engine(url)
+async def empty_tables(url: str) -> None:
+    """Empty every table of the schema (not alembic_version), restarting the sequences."""
+    conn = await asyncpg.connect(_libpq_dsn(url), timeout=10)
     try:
-        async with engine.begin() as conn:
-            if url.startswith("postgresql"):
-                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-            else:
-                for table in TABLES:
-                    await conn.execute(text(f"DELETE FROM {table}"))
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) AS t FROM pg_tables "
+            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+        await conn.execute(f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE")
     finally:
-        await engine.dispose()
+        await conn.close()
+
+
+@pytest.fixture
+async def db_url(postgres_url: str) -> str:
+    """The suite's migrated database, every table emptied for this test."""
+    await empty_tables(postgres_url)
+    return postgres_url
 
 
 @pytest.fixture
@@ -195,14 +198,6 @@ def log_path(tmp_path: Path) -> Path:
     return tmp_path / "relay.log"
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how many Postgres tests ran, so CI output shows they were not skipped."""
-    counts = {
-        outcome: sum(1 for r in terminalreporter.stats.get(outcome, []) if "postgres" in r.keywords)
-        for outcome in ("passed", "failed", "skipped", "error")
-    }
-    terminalreporter.write_line(
-        "postgres tests: "
-        + ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
-        + ("" if PG_URL else " (TEST_DATABASE_URL not set)")
-    )
+def pytest_report_header() -> str:
+    where = "TEST_DATABASE_URL's server" if PG_URL else "an embedded PostgreSQL for this session"
+    return f"database: PostgreSQL, {where}"

@@ -60,8 +60,11 @@ async def serve_in_loop(app: ASGIApp, sock: socket.socket | None = None) -> Asyn
 class RelayProcess:
     """`bulk360-relay serve` in a child process (for SIGKILL/SIGTERM and two-replica tests)."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = port or free_port()
+        self.cwd = cwd
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PUBLIC_BASE_URL": self.url}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -73,6 +76,7 @@ class RelayProcess:
             self.proc = subprocess.Popen(  # a long-lived child, not awaited here
                 [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
-import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import asyncpg
+
 from app import __version__
+from tests.conftest import create_database, drop_database
 
 
 def _run(
@@ -49,12 +53,19 @@ def test_keygen_refuses_a_name_with_a_colon(tmp_path: Path) -> None:
     assert proc.returncode == 2
 
 
-def test_migrate_from_another_directory(tmp_path: Path) -> None:
-    db = tmp_path / "elsewhere.db"
-    proc = _run("migrate", cwd=tmp_path, env={"DATABASE_URL": f"sqlite+aiosqlite:///{db}"})
-    assert proc.returncode == 0, proc.stderr
-    with sqlite3.connect(db) as conn:
-        tables = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
-    assert {"messages", "delivery_notifications", "idempotency_keys", "alembic_version"} <= tables
+async def test_migrate_from_another_directory(tmp_path: Path, postgres_server: str) -> None:
+    url = await create_database(postgres_server, f"relay_cli_{uuid.uuid4().hex[:8]}")
+    try:
+        proc = await asyncio.to_thread(_run, "migrate", cwd=tmp_path, env={"DATABASE_URL": url})
+        assert proc.returncode == 0, proc.stderr
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        finally:
+            await conn.close()
+        tables = {r["tablename"] for r in rows}
+        assert {"messages", "delivery_notifications", "idempotency_keys", "alembic_version"} <= (
+            tables
+        )
+    finally:
+        await drop_database(url)

@@ -11,6 +11,7 @@ from app.config import SANDBOX_API_KEY, ConfigError, hash_api_key, load_settings
 
 LIVE = {
     "bulk360_mode": "live",
+    "database_url": "postgresql+asyncpg://relay:pw@db.internal/relay",
     "bulk360_app_key": "k",
     "bulk360_app_secret": "s",
     "api_keys": f"billing:{hash_api_key('x')}",
@@ -27,7 +28,8 @@ def test_live_mode_with_everything_set_starts() -> None:
 
 
 @pytest.mark.parametrize(
-    "missing", ["bulk360_app_key", "bulk360_app_secret", "api_keys", "dn_hook_token"]
+    "missing",
+    ["database_url", "bulk360_app_key", "bulk360_app_secret", "api_keys", "dn_hook_token"],
 )
 def test_live_mode_refuses_to_start_naming_what_is_missing(missing: str) -> None:
     values = {k: v for k, v in LIVE.items() if k != missing}
@@ -41,8 +43,32 @@ def test_live_mode_lists_every_missing_variable_in_one_line() -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(bulk360_mode="live", _env_file=None)
     message = str(exc.value)
-    for name in ("BULK360_APP_KEY", "BULK360_APP_SECRET", "API_KEYS", "DN_HOOK_TOKEN"):
+    for name in (
+        "DATABASE_URL",
+        "BULK360_APP_KEY",
+        "BULK360_APP_SECRET",
+        "API_KEYS",
+        "DN_HOOK_TOKEN",
+    ):
         assert name in message
+
+
+def test_database_url_must_be_postgresql_and_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(database_url="sqlite+aiosqlite:///./secret-pw.db", _env_file=None)
+    assert "DATABASE_URL" in str(exc.value) and "PostgreSQL" in str(exc.value)
+    assert "secret-pw" not in str(exc.value)
+
+
+def test_a_libpq_database_url_is_read_as_asyncpg() -> None:
+    settings = load_settings(database_url="postgresql://u:p@h/db", _env_file=None)
+    assert settings.database_url == "postgresql+asyncpg://u:p@h/db"
+
+
+def test_sandbox_without_database_url_names_the_embedded_server_in_its_warning() -> None:
+    settings = load_settings(_env_file=None)
+    assert settings.database_url is None
+    assert any("embedded PostgreSQL" in d for d in settings.sandbox_defaults_in_use())
 
 
 @pytest.mark.parametrize(

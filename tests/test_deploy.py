@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 import yaml
 
@@ -418,7 +418,9 @@ def test_build_context_keeps_local_state_out_and_every_needed_file_in() -> None:
 
 
 @pytest.mark.slow
-def test_wheel_built_from_the_docker_context_ships_app_and_migrations(tmp_path: Path) -> None:
+async def test_wheel_built_from_the_docker_context_ships_app_and_migrations(
+    tmp_path: Path, empty_db_url: str
+) -> None:
     # Build from exactly what the Dockerfile copies, so a file it forgets fails here too.
     context = tmp_path / "context"
     for source in _copied_sources():
@@ -449,14 +451,14 @@ def test_wheel_built_from_the_docker_context_ships_app_and_migrations(tmp_path: 
     assert versions and set(versions) <= names
 
     # The wheel's own migrations build the schema, run from an unrelated directory.
-    site, db = tmp_path / "site", tmp_path / "wheel.db"
+    site = tmp_path / "site"
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]); import app, migrations; "
         "from app.migrate import upgrade; upgrade(sys.argv[2]); "
         "print(app.__file__); print(migrations.__file__)"
     )
     run = subprocess.run(
-        [sys.executable, "-c", script, str(site), f"sqlite+aiosqlite:///{db}"],
+        [sys.executable, "-c", script, str(site), empty_db_url],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -465,6 +467,10 @@ def test_wheel_built_from_the_docker_context_ships_app_and_migrations(tmp_path: 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert all(line.startswith(str(site)) for line in run.stdout.split())
-    with sqlite3.connect(db) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn = await asyncpg.connect(empty_db_url.replace("+asyncpg", ""))
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    tables = {r["tablename"] for r in rows}
     assert {"messages", "delivery_notifications", "idempotency_keys", "alembic_version"} <= tables

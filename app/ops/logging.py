@@ -80,7 +80,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     # logs the route template instead.
     logging.getLogger("uvicorn.access").disabled = True
     # Driver loggers print SQL parameters (phone numbers, refs) at DEBUG: never let them.
-    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
+    for name in ("asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

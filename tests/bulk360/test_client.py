@@ -29,13 +29,16 @@ from app.bulk360.simulator import Simulator, SimulatorConfig
 from tests.conftest import relay_settings
 from tests.servers import free_port
 
+# The client never touches the database; settings only need a well-formed URL.
+UNUSED_DB = "postgresql+asyncpg://unused@127.0.0.1:1/unused"
+
 
 def sms(msisdn: str) -> Destination:
     return Destination(msisdn, "sms")
 
 
 def make_client(base_url: str, **overrides: Any) -> Bulk360Client:
-    settings = relay_settings("sqlite+aiosqlite:///:memory:", base_url, **overrides)
+    settings = relay_settings(UNUSED_DB, base_url, **overrides)
     return Bulk360Client(settings, base_url=base_url)
 
 
@@ -237,9 +240,7 @@ class _CountingClient(Bulk360Client):
 async def test_upstream_requests_in_flight_never_exceed_max_concurrency(
     simulator: Simulator,
 ) -> None:
-    settings = relay_settings(
-        "sqlite+aiosqlite:///:memory:", simulator.base_url, bulk360_max_concurrency=3
-    )
+    settings = relay_settings(UNUSED_DB, simulator.base_url, bulk360_max_concurrency=3)
     c = _CountingClient(settings, base_url=simulator.base_url)
     await c.start()
     try:

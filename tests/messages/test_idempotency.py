@@ -201,7 +201,6 @@ async def test_100_concurrent_sends_on_a_cold_process_fetch_one_token(
     assert simulator.mt_requests == 100
 
 
-@pytest.mark.postgres
 @pytest.mark.slow
 async def test_100_requests_with_one_key_across_two_processes_send_once(
     postgres_url: str, simulator: Simulator, tmp_path: Path

@@ -1,4 +1,4 @@
-"""The DN hook over ASGI, on SQLite and Postgres: input forms, validation, token, allow-list,
+"""The DN hook over ASGI: input forms, validation, token, allow-list,
 and the last-DN-final rule for DNs arriving one after another."""
 
 from __future__ import annotations

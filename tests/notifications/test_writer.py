@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import asyncpg
 import httpx
 import pytest
@@ -53,11 +52,6 @@ def pg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def needs_postgres(db_url: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("real concurrent transactions: Postgres only (SQLite has one writer)")
-
-
 async def until(
     condition: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 10
 ) -> None:
@@ -84,29 +78,16 @@ async def lock_waiters(dsn: str) -> int:
 
 @contextlib.asynccontextmanager
 async def writer_blocked(db_url: str, msgid: str) -> AsyncIterator[None]:
-    """Hold what the writer needs for a DN with this msgid until the block exits.
-
-    Postgres: the msgid's advisory lock. SQLite: the database's write lock.
-    """
-    if db_url.startswith("postgresql"):
-        conn = await asyncpg.connect(pg_dsn(db_url))
-        try:
-            tx = conn.transaction()
-            await tx.start()
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(msgid))
-            yield
-            await tx.rollback()
-        finally:
-            await conn.close()
-    else:
-        path = make_url(db_url).database
-        assert path is not None
-        async with aiosqlite.connect(path, isolation_level=None) as conn:
-            # As the relay leaves the file: WAL (switching modes needs the lock we take next).
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("BEGIN IMMEDIATE")
-            yield
-            await conn.execute("ROLLBACK")
+    """Hold the msgid's advisory lock (what the writer needs for it) until the block exits."""
+    conn = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(msgid))
+        yield
+        await tx.rollback()
+    finally:
+        await conn.close()
 
 
 def dn_params(msgid: str, status: str = "DELIVERED", code: str = "000") -> dict[str, str]:
@@ -179,7 +160,6 @@ class TcpProxy:
 async def test_database_outage_only_503s_then_ingestion_resumes(
     db_url: str, engine: AsyncEngine
 ) -> None:
-    needs_postgres(db_url)
     real = make_url(db_url)
     proxy = TcpProxy(real.port or 5432)
     await proxy.up()
@@ -390,7 +370,6 @@ async def test_dn_waits_for_a_send_recording_its_ref_and_ends_matched(
 ) -> None:
     """The send path holds the ref's lock with the ref written but not committed; the DN's
     batch waits for it, then sees the ref and applies the DN to the message."""
-    needs_postgres(db_url)
     message_id = await add_message(engine, None)
     async with relay.state.sessionmaker() as send:
         await lock_refs(send, ["race-1"])
@@ -415,7 +394,6 @@ async def test_send_waits_for_an_uncommitted_dn_and_attaches_it(
 ) -> None:
     """DN before message: the DN's transaction holds the lock with the DN inserted (no message
     has its ref yet); the send recording that ref waits, then attaches the DN."""
-    needs_postgres(db_url)
     message_id = await add_message(engine, None)
     dn_conn = await asyncpg.connect(pg_dsn(db_url))
     try:
@@ -448,7 +426,6 @@ async def test_send_waits_for_an_uncommitted_dn_and_attaches_it(
 async def test_newer_dn_waits_for_an_older_open_batch_on_the_same_msgid(
     db_url: str, relay: Relay, engine: AsyncEngine
 ) -> None:
-    needs_postgres(db_url)
     message_id = await add_message(engine, "race-3")
     older = await asyncpg.connect(pg_dsn(db_url))
     try:
@@ -482,7 +459,6 @@ async def test_late_commit_never_overwrites_newer_dn(
 ) -> None:
     """The rule without the lock's help: two transactions, the one holding the older DN
     commits last, in both orders of their refreshes. The message ends with the newer DN."""
-    needs_postgres(db_url)
     message_id = await add_message(engine, "race-4")
     dsn = pg_dsn(db_url)
     a, b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
@@ -516,7 +492,6 @@ async def test_late_commit_never_overwrites_newer_dn(
 
 
 async def test_dn_sequence_is_a_database_sequence(db_url: str, engine: AsyncEngine) -> None:
-    needs_postgres(db_url)
     async with engine.connect() as conn:
         default = await conn.scalar(
             text(
@@ -532,7 +507,6 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
 ) -> None:
     """The writer's one-statement batch (Postgres): several DNs of one message in one batch,
     counts added across batches, a DN with no message, and never a step backwards."""
-    needs_postgres(db_url)
     first = await add_message(engine, "batch-1")
     second = await add_message(engine, "batch-2")
     now = time.time()
@@ -578,7 +552,6 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
 
 async def test_writer_opens_its_connections_before_the_first_dn(db_url: str) -> None:
     """A burst right after a start does not wait for connection set-up (Postgres)."""
-    needs_postgres(db_url)
     async with relay_with(db_url) as relay:
         assert relay.state.engine.pool.checkedin() >= PIPELINE  # type: ignore[attr-defined]
         response = await relay.client.get(HOOK, params=dn_params("warm-1"))
@@ -590,7 +563,6 @@ async def test_send_answer_waits_for_an_uncommitted_dn_batch_and_attaches_it(
 ) -> None:
     """The send path's own recording (BEGIN with the locks in one round trip, the update,
     COMMIT): it waits for a DN batch holding the ref's lock, then attaches that DN."""
-    needs_postgres(db_url)
     message_id = await add_message(engine, None)
     entry = _Entry(Destination("60123240066", "sms"), "gsm7", 1, id=message_id)
     entry.status, entry.ref, entry.answered = "pending", "race-5", True

@@ -25,11 +25,11 @@ asyncio.run(main())
 
 
 def test_served_app_freezes_startup_objects_and_raises_the_young_threshold(
-    tmp_path: Path,
+    db_url: str,
 ) -> None:
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gc.db'}",
+        "DATABASE_URL": db_url,
         "BULK360_MODE": "sandbox",
         "BULK360_BASE_URL": "http://127.0.0.1:9",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),

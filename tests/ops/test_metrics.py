@@ -104,7 +104,7 @@ async def test_request_id_is_echoed_or_generated(relay: Relay) -> None:
     assert on_error.status_code == 404 and on_error.headers["x-request-id"] == "err-1"
 
 
-def test_metrics_merge_workers_in_multiprocess_mode(tmp_path: Path) -> None:
+def test_metrics_merge_workers_in_multiprocess_mode(tmp_path: Path, db_url: str) -> None:
     # prometheus_client picks its mode at import: run in a fresh interpreter.
     script = """
 import asyncio, httpx
@@ -115,14 +115,13 @@ from app.main import create_app
 from asgi_lifespan import LifespanManager
 
 async def main():
-    app = create_app(relay_settings("sqlite+aiosqlite:///{db}", "http://127.0.0.1:9"))
+    app = create_app(relay_settings("{db}", "http://127.0.0.1:9"))
     async with LifespanManager(app) as m:
         transport = httpx.ASGITransport(m.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             print((await c.get("/metrics")).text)
 asyncio.run(main())
 """
-    db = tmp_path / "relay.db"
     # A second "worker" wrote its own file in the same directory.
     other = """
 from app.ops.metrics import SENDS
@@ -131,7 +130,7 @@ SENDS.labels("pending").inc(4)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", other], env=env, check=True, cwd=Path.cwd())
     out = subprocess.run(
-        [sys.executable, "-c", script.replace("{db}", str(db))],
+        [sys.executable, "-c", script.replace("{db}", db_url)],
         env=env,
         check=True,
         cwd=Path.cwd(),

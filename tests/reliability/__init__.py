@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from app.config import hash_api_key
-from tests.conftest import DN_TOKEN, TABLES, TEST_API_KEY
+from tests.conftest import DN_TOKEN, TEST_API_KEY, empty_tables  # noqa: F401 - re-exported
 from tests.servers import RelayProcess
 
 DN_PATH = f"/dn/{DN_TOKEN}"
@@ -59,14 +59,6 @@ async def relay_processes(
 
 def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def empty_tables(url: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
 
 
 async def stored_dns(url: str) -> list[tuple[str, str]]:

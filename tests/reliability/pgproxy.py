@@ -49,15 +49,23 @@ class PgProxy:
     @classmethod
     def for_url(cls, url: str) -> PgProxy:
         parsed = make_url(url)
+        socket_dir = parsed.query.get("host")
+        if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+            # A server on a Unix socket (the embedded one): target its socket file.
+            return cls(f"{socket_dir}/.s.PGSQL.{parsed.port or 5432}", 0)
         return cls(parsed.host or "127.0.0.1", parsed.port or 5432)
 
     def url(self, url: str) -> str:
         """`url` (a database URL on the target server) rewritten to go through the proxy."""
-        return (
-            make_url(url)
-            .set(host="127.0.0.1", port=self.port)
-            .render_as_string(hide_password=False)
+        parsed = make_url(url)
+        return parsed.set(host="127.0.0.1", port=self.port, query={}).render_as_string(
+            hide_password=False
         )
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.target_host.startswith("/"):
+            return await asyncio.open_unix_connection(self.target_host)
+        return await asyncio.open_connection(self.target_host, self.target_port)
 
     @property
     def running(self) -> bool:
@@ -106,7 +114,7 @@ class PgProxy:
             writer.transport.abort()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            up_reader, up_writer = await self._connect_upstream()
         except OSError:
             writer.transport.abort()
             return

@@ -37,8 +37,6 @@ from tests.reliability import (
 from tests.reliability.pgproxy import SHUTTING_DOWN, STARTING_UP, PgProxy
 from tests.servers import RelayProcess
 
-pytestmark = pytest.mark.postgres
-
 ACK_TIMEOUT_S = 2.0
 SLACK_S = 1.5  # scheduling on a busy 2-core machine; a hang would be far longer
 

@@ -39,8 +39,6 @@ from tests.reliability import (
 )
 from tests.servers import RelayProcess, free_port
 
-pytestmark = pytest.mark.postgres
-
 SEND = "/v1/messages"
 BURST = 2_000
 CONCURRENCY = 50

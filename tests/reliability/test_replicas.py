@@ -33,8 +33,6 @@ from tests.reliability import (
 )
 from tests.servers import RelayProcess
 
-pytestmark = pytest.mark.postgres
-
 
 @pytest.fixture(scope="module")
 async def upstream() -> AsyncIterator[Simulator]:

@@ -26,7 +26,6 @@ from tests.notifications.helpers import dns
 from tests.security.test_hostile_input import assert_error, count
 from tests.servers import serve_in_loop
 
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 # The only /v1 routes meant to answer without an API key. A new route lands here only by
 # someone deciding it is public: the test below fails for any other route without the key.
 PUBLIC_V1 = {("GET", "/v1/error-codes")}
@@ -87,7 +86,6 @@ WRONG_CREDENTIALS: dict[str, dict[str, str]] = {
 }
 
 
-@SQLITE_ONLY
 async def test_every_v1_route_but_the_public_ones_needs_the_api_key(relay: Relay) -> None:
     routes = v1_routes(relay.app)
     assert ("POST", "/v1/messages") in {(m, p) for m, p, _ in routes}  # enumeration works
@@ -105,7 +103,6 @@ async def anonymous(
     return await relay.client.send(request)
 
 
-@SQLITE_ONLY
 async def test_wrong_or_missing_api_key_is_401_on_every_v1_route(
     relay: Relay, engine: AsyncEngine, simulator: Simulator
 ) -> None:
@@ -134,7 +131,6 @@ async def test_wrong_or_missing_api_key_is_401_on_every_v1_route(
     assert simulator.mt_requests == 1
 
 
-@SQLITE_ONLY
 async def test_public_v1_routes_answer_without_a_key(relay: Relay) -> None:
     for method, path in PUBLIC_V1:
         assert (await anonymous(relay, method, path, {})).status_code == 200
@@ -160,7 +156,6 @@ WRONG_TOKENS = [
 ]
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_wrong_dn_token_is_404_byte_identical_to_an_unknown_path(
     relay: Relay, engine: AsyncEngine, method: str
@@ -200,7 +195,6 @@ async def relay_seen_from(settings: Settings) -> AsyncIterator[Callable[[str], h
 ALLOWED = "203.0.113.0/24,2001:db8::/32"
 
 
-@SQLITE_ONLY
 async def test_allowed_cidrs_admit_inside_addresses_and_refuse_outside_ones(
     db_url: str, simulator: Simulator, engine: AsyncEngine
 ) -> None:
@@ -231,7 +225,6 @@ async def test_allowed_cidrs_admit_inside_addresses_and_refuse_outside_ones(
     assert stored == {f"m{n}" for n, code in enumerate(expected.values()) if code == 200}
 
 
-@SQLITE_ONLY
 async def test_outside_address_with_a_wrong_token_learns_nothing_and_the_api_is_not_limited(
     db_url: str, simulator: Simulator
 ) -> None:
@@ -255,7 +248,6 @@ def forwarded_allow_ips(monkeypatch: pytest.MonkeyPatch, value: str | None) -> N
         monkeypatch.setenv("FORWARDED_ALLOW_IPS", value)
 
 
-@SQLITE_ONLY
 async def test_behind_a_trusted_proxy_the_forwarded_address_is_what_is_checked(
     db_url: str, simulator: Simulator, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,7 +279,6 @@ async def test_behind_a_trusted_proxy_the_forwarded_address_is_what_is_checked(
     }
 
 
-@SQLITE_ONLY
 async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
     db_url: str, simulator: Simulator, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,7 +294,6 @@ async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
     assert await dns(engine) == []
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize(
     ("label", "body", "status_with_key"),
     [

@@ -1,13 +1,11 @@
-"""Hostile input, case by case, on SQLite and Postgres: every answer a clear 4xx in the error
-shape (never a 500), nothing stored or sent for a refused request, and the tables intact.
+"""Hostile input, case by case: every answer a clear 4xx in the error shape (never a 500),
+nothing stored or sent for a refused request, and the tables intact.
 
 The fuzz (test_fuzz.py) covers what schemathesis generates from the OpenAPI document; these
 are the cases it would find only by luck: sizes past the limits, bytes that are not UTF-8,
 characters a database cannot store, SQL in filters, absurd numbers and forged cursors.
 
-Cases that reach the database run on both backends; those refused before it (sizes, headers,
-encodings, limits) on SQLite only. Lists of cases run in one test each (one relay start) and
-report every case that failed.
+Lists of cases run in one test each (one relay start) and report every case that failed.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ SEND = "/v1/messages"
 MIB = 1_048_576
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 JSON = {"content-type": "application/json"}
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def assert_error(response: httpx.Response, status: int, *mentions: str) -> dict[str, Any]:
@@ -90,7 +87,6 @@ async def _chunks(body: bytes) -> AsyncIterator[bytes]:
         yield body[start : start + 64 * 1024]
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_body_over_1_mib_is_413_in_the_error_shape(
     relay: Relay, engine: AsyncEngine, simulator: Simulator, framing: str
@@ -105,7 +101,6 @@ async def test_body_over_1_mib_is_413_in_the_error_shape(
     await assert_nothing_stored_or_sent(engine, simulator)
 
 
-@SQLITE_ONLY
 async def test_dn_body_over_1_mib_is_413_in_the_error_shape(
     relay: Relay, engine: AsyncEngine, simulator: Simulator
 ) -> None:
@@ -117,7 +112,6 @@ async def test_dn_body_over_1_mib_is_413_in_the_error_shape(
     await assert_nothing_stored_or_sent(engine, simulator)
 
 
-@SQLITE_ONLY
 async def test_oversized_headers_are_431_in_the_error_shape(relay: Relay) -> None:
     cases = Cases()
     for label, headers in {
@@ -129,7 +123,6 @@ async def test_oversized_headers_are_431_in_the_error_shape(relay: Relay) -> Non
     cases.check()
 
 
-@SQLITE_ONLY
 async def test_oversized_headers_over_a_real_socket_are_refused_and_the_server_serves_on(
     db_url: str, simulator: Simulator
 ) -> None:
@@ -145,7 +138,6 @@ async def test_oversized_headers_over_a_real_socket_are_refused_and_the_server_s
     assert after.status_code == 200
 
 
-@SQLITE_ONLY
 async def test_long_header_values_are_refused_by_name_or_not_echoed(relay: Relay) -> None:
     key = await relay.client.post(
         SEND,
@@ -158,7 +150,6 @@ async def test_long_header_values_are_refused_by_name_or_not_echoed(relay: Relay
     assert len(request_id.headers["x-request-id"]) <= 128  # a fresh id, not the caller's 8 KiB
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize("shape", ["list", "comma-string"])
 async def test_1001_recipients_is_422_naming_to_and_nothing_is_sent(
     relay: Relay, engine: AsyncEngine, simulator: Simulator, shape: str
@@ -175,7 +166,6 @@ async def test_1001_recipients_is_422_naming_to_and_nothing_is_sent(
 # -- bytes and characters ------------------------------------------------------------------
 
 
-@SQLITE_ONLY
 async def test_json_body_that_is_not_utf8_is_400_and_nothing_is_sent(
     relay: Relay, engine: AsyncEngine, simulator: Simulator
 ) -> None:
@@ -187,7 +177,6 @@ async def test_json_body_that_is_not_utf8_is_400_and_nothing_is_sent(
     await assert_nothing_stored_or_sent(engine, simulator)
 
 
-@SQLITE_ONLY
 async def test_malformed_json_is_422_saying_where(
     relay: Relay, engine: AsyncEngine, simulator: Simulator
 ) -> None:
@@ -218,7 +207,6 @@ async def test_characters_no_database_or_provider_takes_are_422_naming_the_field
     await assert_nothing_stored_or_sent(engine, simulator)
 
 
-@SQLITE_ONLY
 async def test_dn_form_json_or_query_that_is_not_utf8_is_400_and_not_stored(
     relay: Relay, engine: AsyncEngine
 ) -> None:
@@ -296,7 +284,6 @@ async def test_nul_in_a_filter_is_422_naming_it_and_in_a_ref_404(relay: Relay) -
     cases.check()
 
 
-@SQLITE_ONLY
 async def test_enormous_or_invalid_limit_is_422_naming_limit(relay: Relay) -> None:
     cases = Cases()
     for path in ("/v1/messages", "/v1/delivery-notifications"):
