@@ -27,7 +27,6 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs table rebuilds
         compare_type=True,
     )
     with context.begin_transaction():

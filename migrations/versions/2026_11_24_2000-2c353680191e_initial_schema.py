@@ -35,7 +35,7 @@ def upgrade() -> None:
         "messages",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),
@@ -89,7 +89,7 @@ def upgrade() -> None:
         "delivery_notifications",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),
@@ -98,9 +98,7 @@ def upgrade() -> None:
         sa.Column("error_code", sa.String(length=32), nullable=True),
         sa.Column("error_description", sa.String(length=255), nullable=True),
         sa.Column("msisdn", sa.String(length=64), nullable=True),
-        sa.Column(
-            "message_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
-        ),
+        sa.Column("message_id", sa.BigInteger(), nullable=True),
         sa.Column("raw", sa.Text(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -121,7 +119,6 @@ def upgrade() -> None:
             ["id"],
             unique=False,
             postgresql_where=sa.text("message_id IS NULL"),
-            sqlite_where=sa.text("message_id IS NULL"),
         )
 
 
@@ -130,7 +127,6 @@ def downgrade() -> None:
         batch_op.drop_index(
             "ix_delivery_notifications_unmatched_id",
             postgresql_where=sa.text("message_id IS NULL"),
-            sqlite_where=sa.text("message_id IS NULL"),
         )
         batch_op.drop_index("ix_delivery_notifications_msgid_id")
         batch_op.drop_index("ix_delivery_notifications_message_id_id")

@@ -303,7 +303,8 @@ async def test_token_expired_mid_flight_is_refreshed_once_and_no_mt_is_sent_twic
 ) -> None:
     sends, per_send = 40, 13  # 13 numbers take 2 upstream requests (150-character `to`)
     numbers = [[f"6012{s:03d}{r:04d}" for r in range(per_send)] for s in range(sends)]
-    async with upstream_relay(pg_url, simulator.base_url) as relay:
+    # Fewer upstream slots than requests, so that some are still queued when tokens expire.
+    async with upstream_relay(pg_url, simulator.base_url, bulk360_max_concurrency=8) as relay:
         tasks = [asyncio.create_task(send(relay, to)) for to in numbers]
         # Expire every token while most sends are still queued or in flight upstream.
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
