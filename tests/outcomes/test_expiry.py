@@ -11,15 +11,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.simulator import Simulator
 from app.outcomes.sweeps import Sweeper
 from tests.conftest import DN_TOKEN, Relay
 from tests.reliability import asyncpg_dsn, relay_env, relay_processes
-
-pytestmark = pytest.mark.postgres
 
 NO_DN = "60199993000"  # the simulator accepts it and never sends a DN
 HOOK = f"/dn/{DN_TOKEN}"
