@@ -24,18 +24,21 @@ from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from seed_messages import BUSY_PHONE, seed  # noqa: E402
+from seed_messages import BUSY_PHONE, explain, seed  # noqa: E402
 from throwaway_db import create_database, drop_database  # noqa: E402
 
 from app.config import hash_api_key, load_settings  # noqa: E402
+from app.console import repository  # noqa: E402
+from app.console.repository import MessageFilter  # noqa: E402
 from app.main import create_app  # noqa: E402
+from app.models import Message  # noqa: E402
 
 API_KEY = "bench-console-key"
 
@@ -102,12 +105,15 @@ async def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument("--explain", action="store_true", help="print the searches' plans")
     args = parser.parse_args()
 
     url, admin_dsn = await create_database("console_bench")
     print(f"database {url.rsplit('/', 1)[1]}")
     try:
         ref, client_ref = await prepare(url, args.count)
+        if args.explain:
+            await explain_searches(url, ref, client_ref)
         settings = load_settings(
             _env_file=None,
             database_url=url,
@@ -159,6 +165,29 @@ async def main() -> None:
             print(f"kept {url}")
         else:
             await drop_database(admin_dsn, url)
+
+
+async def explain_searches(url: str, ref: str, client_ref: str) -> None:
+    """EXPLAIN ANALYZE of the console's own queries (seed_messages.explain prints each plan)."""
+    engine = create_async_engine(url)
+    searches = {
+        "search q=busy phone": MessageFilter(q="012-324 0066", msisdn=BUSY_PHONE),
+        "search q=ref": MessageFilter(q=ref),
+        "search q=client_ref": MessageFilter(q=client_ref),
+        "search q=busy phone, status=undelivered": MessageFilter(
+            q="012-324 0066", msisdn=BUSY_PHONE, status="undelivered"
+        ),
+    }
+    async with engine.connect() as conn:
+        for title, f in searches.items():
+            await explain(conn, title, repository.search_query(f, after=None, limit=50))
+        await explain(
+            conn, "unmatched DNs page", repository.unmatched_query(before_id=None, limit=50)
+        )
+        message_id = await conn.scalar(select(Message.id).where(Message.ref == ref))
+        assert message_id is not None
+        await explain(conn, "a message's DNs", repository.notifications_query(message_id))
+    await engine.dispose()
 
 
 async def sign_in(client: httpx.AsyncClient) -> None:

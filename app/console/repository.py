@@ -78,14 +78,14 @@ async def find_message(session: AsyncSession, ref: str) -> Message | None:
     return found
 
 
-async def notifications_of(session: AsyncSession, message_id: int) -> list[DeliveryNotification]:
+def notifications_query(message_id: int) -> Select[DeliveryNotification]:
     """Every DN of the message in order of receipt (`id` is the receipt sequence)."""
-    rows = await session.scalars(
-        select(DeliveryNotification)
-        .where(DeliveryNotification.message_id == message_id)
-        .order_by(DeliveryNotification.id)
-    )
-    return list(rows)
+    dn = DeliveryNotification
+    return select(dn).where(dn.message_id == message_id).order_by(dn.id)
+
+
+async def notifications_of(session: AsyncSession, message_id: int) -> list[DeliveryNotification]:
+    return list(await session.scalars(notifications_query(message_id)))
 
 
 async def same_send(session: AsyncSession, message: Message) -> tuple[list[Message], int]:
@@ -101,15 +101,18 @@ async def same_send(session: AsyncSession, message: Message) -> tuple[list[Messa
     return listed, int(total or 0)
 
 
-async def unmatched_notifications(
-    session: AsyncSession, *, before_id: int | None, limit: int
-) -> list[DeliveryNotification]:
+def unmatched_query(*, before_id: int | None, limit: int) -> Select[DeliveryNotification]:
     """DNs whose msgid matches no message, newest first (`limit + 1` rows at most)."""
     query = select(DeliveryNotification).where(DeliveryNotification.message_id.is_(None))
     if before_id is not None:
         query = query.where(DeliveryNotification.id < before_id)
-    rows = await session.scalars(query.order_by(DeliveryNotification.id.desc()).limit(limit + 1))
-    return list(rows)
+    return query.order_by(DeliveryNotification.id.desc()).limit(limit + 1)
+
+
+async def unmatched_notifications(
+    session: AsyncSession, *, before_id: int | None, limit: int
+) -> list[DeliveryNotification]:
+    return list(await session.scalars(unmatched_query(before_id=before_id, limit=limit)))
 
 
 async def count_unmatched_notifications(session: AsyncSession) -> int:
