@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+from decimal import Decimal
 from functools import cached_property
 from typing import Literal
 
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=60.0, gt=0)
     # Signs the operator console's session cookies and CSRF tokens (see console_signing_key).
     console_secret: SecretStr | None = None
+    # The provider balance under which /readyz says low_balance and one WARNING is logged.
+    low_balance_threshold: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         late_answers = LateAnswers()
         sweeper = Sweeper(settings, engine)
         await bulk360.start()
+        await bulk360.balance.start(engine)
         await dn_writer.start()
         await sweeper.start()
         if settings.sandbox:
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             await dn_writer.stop()
             await late_answers.stop()  # before the engine goes: a last try to record them
             await bulk360.close()
+            await bulk360.balance.stop()  # its last reading saved before the engine goes
             if simulator is not None:
                 await simulator.stop()
             await engine.dispose()

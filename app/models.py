@@ -5,11 +5,13 @@
 - `delivery_notifications`: every DN ever received, raw; `id` is drawn from a database sequence
   at insert time and is the receipt order (`seq` in the API) - never a clock.
 - `idempotency_keys`: one row per (API key name, Idempotency-Key), holding the stored response.
+- `provider_balances`: the latest balance Bulk360 reported, per currency (app/bulk360/balance.py).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     text,
@@ -112,3 +115,12 @@ class IdempotencyKey(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+
+class ProviderBalance(Base):
+    __tablename__ = "provider_balances"
+
+    currency: Mapped[str] = mapped_column(String(8), primary_key=True)
+    # Numeric with no scale keeps the provider's digits ("187.9236" stays "187.9236").
+    amount: Mapped[Decimal] = mapped_column(Numeric)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

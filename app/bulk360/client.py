@@ -10,6 +10,7 @@ Everything provider-specific stays here: the form fields, the 150-character `to`
 packing of recipients into as few requests as fit, both answer shapes (flat for one recipient,
 `messages` for several), `rate`/`balance` arriving as numbers or strings, the `whatsapp:`
 prefix. Callers speak in domain terms: `Destination` in, `Submission` (or an error) out.
+Every answer's balance also goes to `balance` (a `BalanceTracker`: gauge, /readyz, saving).
 
 Exceptions (every failure of one upstream request is a `Bulk360Error`):
 
@@ -41,6 +42,7 @@ import aiohttp
 import orjson
 import structlog
 
+from app.bulk360.balance import BalanceTracker
 from app.bulk360.codes import submit_description
 from app.config import Settings
 from app.ops.metrics import TOKEN_REFRESHES, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
@@ -227,6 +229,7 @@ class Bulk360Client:
         self._token_fetches = 0
         self._token_error: Bulk360Error | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.balance = BalanceTracker(settings.low_balance_threshold)
 
     # -- lifecycle (the HTTP layer: a bench subclass may swap it) -------------------------------
 
@@ -389,9 +392,11 @@ class Bulk360Client:
                         "API access",
                         401,
                     )
-            return _parse_send_answer(status, raw, indices, batch)
+            result = _parse_send_answer(status, raw, indices, batch)
         except Bulk360Error as exc:
             return BatchResult(indices, [], error=exc)
+        self.balance.record(result.balance, result.currency)
+        return result
 
     async def _post_send(self, form: dict[str, str], token: str, count: int) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}

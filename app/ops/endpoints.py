@@ -4,7 +4,7 @@
 schema at the migrations' head. The upstream token state, the mode and the DN writer's queue
 are reported but never fail readiness: Bulk360 being down or refusing our credentials is the
 same for every replica, and taking them all out of rotation would also close the DN hook and
-the lookups, which need no upstream.
+the lookups, which need no upstream. The same holds for a low provider balance.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from datetime import datetime
 from typing import Literal
 
 import structlog
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.deps import StateDep
+from app.deps import State, StateDep
 from app.errors import is_database_unavailable
 from app.migrate import head_revision
 from app.ops.metrics import UPSTREAM_TOKEN_STATE
@@ -47,6 +48,12 @@ class Check(BaseModel):
     detail: str
 
 
+class Balance(BaseModel):
+    amount: str = Field(description="Decimal text, as the provider reported it")
+    currency: str
+    seen_at: datetime = Field(description="When a send answer last reported it")
+
+
 class Readiness(BaseModel):
     """Readiness of this replica; `failed` names the checks that made it 503."""
 
@@ -62,6 +69,12 @@ class Readiness(BaseModel):
                 "mode": "sandbox",
                 "upstream_token": "valid",
                 "dn_writer_queue_depth": 0,
+                "balance": {
+                    "amount": "4229.8700",
+                    "currency": "MYR",
+                    "seen_at": "2026-11-30T22:15:38.019152+00:00",
+                },
+                "low_balance": False,
             }
         }
     )
@@ -72,6 +85,11 @@ class Readiness(BaseModel):
     mode: Literal["sandbox", "live"]
     upstream_token: str = Field(description="none, valid, expired or failing")
     dn_writer_queue_depth: int
+    balance: Balance | None = Field(
+        description="The balance the provider last reported to this process (at start-up: the "
+        "last one saved); null if none yet"
+    )
+    low_balance: bool = Field(description="balance under LOW_BALANCE_THRESHOLD (not a failure)")
 
 
 @functools.cache
@@ -104,8 +122,17 @@ async def readyz(state: StateDep) -> JSONResponse:
         mode=state.settings.bulk360_mode,
         upstream_token=state.bulk360.token_state,
         dn_writer_queue_depth=state.dn_writer.queue_depth,
+        balance=_balance(state),
+        low_balance=state.bulk360.balance.low,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=503 if failed else 200)
+
+
+def _balance(state: State) -> Balance | None:
+    reading = state.bulk360.balance.latest
+    if reading is None:
+        return None
+    return Balance(amount=str(reading.amount), currency=reading.currency, seen_at=reading.seen_at)
 
 
 async def _check_database(engine: AsyncEngine) -> tuple[Check, Check]:

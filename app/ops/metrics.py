@@ -59,6 +59,12 @@ SEND_ANSWERS_UNRECORDED = Gauge(
     "Provider answers kept in memory until the database takes them (its outage outlasted the send)",
     multiprocess_mode="livesum",
 )
+BULK360_BALANCE = Gauge(
+    "relay_bulk360_balance",
+    "The account balance Bulk360 reported last (before the request that reported it)",
+    ["currency"],
+    multiprocess_mode="mostrecent",  # with several workers: whichever saw it last
+)
 UPSTREAM_TOKEN_STATE = Gauge(
     "relay_upstream_token_state",
     "1 for the current state of the cached OAuth2 token (none, valid, expired, failing)",

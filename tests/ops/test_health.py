@@ -50,6 +50,8 @@ async def test_readyz_reports_database_schema_mode_token_and_queue(relay: Relay)
         "mode": "sandbox",
         "upstream_token": "none",
         "dn_writer_queue_depth": 0,
+        "balance": None,
+        "low_balance": False,
     }
 
 
