@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk360.codes import describe_error_code, dn_error_category
+from app.bulk360.repository import BalanceReading, latest_balances
 from app.console import repository
 from app.console.views import Chart, hourly_chart
 
@@ -38,7 +39,7 @@ class Overview:
     spend: list[tuple[str, Decimal]]
     since_local: str  # `since` for a datetime-local filter in the operator's zone
     attention: dict[str, int] = field(default_factory=dict)
-    balances: list[object] = field(default_factory=list)
+    balances: list[BalanceReading] = field(default_factory=list)
 
 
 async def build_overview(
@@ -75,4 +76,5 @@ async def build_overview(
             "unknown": await repository.count_status(session, "unknown", since),
             "unmatched_dns": await repository.count_unmatched_notifications(session),
         },
+        balances=await latest_balances(session),
     )

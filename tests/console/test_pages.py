@@ -154,3 +154,13 @@ async def test_overview_counts_rate_codes_and_spend(signed_in: Relay) -> None:
     assert text.count('class="bar bar-') == 2  # one hour: a delivered and an undelivered bar
     week = await signed_in.client.get("/console?window=7d")
     assert "Last 7 days" in week.text and week.status_code == 200
+
+
+async def test_overview_shows_the_last_balance_the_provider_reported(signed_in: Relay) -> None:
+    await send(signed_in, "60123240066")
+    await signed_in.state.bulk360.balance.wait_saved()
+    page = await signed_in.client.get("/console")
+    text = re.sub(r"\s+", " ", page.text)
+    reading = signed_in.state.bulk360.balance.latest
+    assert reading is not None
+    assert f"<dd>{reading.currency} {reading.amount} <small>as reported <time" in text
