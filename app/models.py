@@ -99,6 +99,14 @@ class DeliveryNotification(Base):
             "id",
             postgresql_where=text("message_id IS NULL"),
         ),
+        # The unmatched DNs by msgid in byte order: a ref being recorded finds its waiting
+        # DNs, suffixed msgids included (`ref-0`, `ref.0602-0`), as one range (app/delivery.py).
+        Index(
+            "ix_delivery_notifications_unmatched_msgid",
+            "msgid",
+            postgresql_ops={"msgid": "text_pattern_ops"},
+            postgresql_where=text("message_id IS NULL"),
+        ),
     )
 
 

@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from throwaway_db import create_database, drop_database  # noqa: E402
 
-from app.notifications.service import begin_and_lock_sql  # noqa: E402
-from app.notifications.writer import _STORE_PG, InboundDN  # noqa: E402
+from app.delivery import begin_and_lock_sql, dn_lock_refs, suffix_candidates  # noqa: E402
+from app.notifications.repository import STORE_BATCH  # noqa: E402
+from app.notifications.writer import InboundDN  # noqa: E402
 from tests.reliability import asyncpg_dsn  # noqa: E402
 
 
@@ -66,9 +67,10 @@ async def main() -> None:
                     for _ in range(size)
                 ]
                 t0 = time.perf_counter()
-                await conn.execute(begin_and_lock_sql([dn.msgid for dn in dns]))
+                msgids = [dn.msgid for dn in dns]
+                await conn.execute(begin_and_lock_sql(dn_lock_refs(msgids)))
                 t1 = time.perf_counter()
-                await conn.execute(_STORE_PG, *zip(*dns, strict=True))
+                await conn.execute(STORE_BATCH, *zip(*dns, strict=True), *suffix_candidates(msgids))
                 t2 = time.perf_counter()
                 await conn.execute("COMMIT")
                 t3 = time.perf_counter()

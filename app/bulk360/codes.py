@@ -172,9 +172,8 @@ DN_CATEGORIES: Final[dict[str, ErrorCategory]] = {
 # decides nothing; a later DN (or the expiry sweep) does.
 NON_FINAL_DN_CODES: Final = frozenset({"556"})
 
+# The final DN statuses: app/delivery.py builds "the last DN received is final" from them.
 DN_STATUSES: Final = ("DELIVERED", "UNDELIVERED")
-
-_DN_STATUS_TO_MESSAGE_STATUS: Final = {"DELIVERED": "delivered", "UNDELIVERED": "undelivered"}
 
 
 def submit_description(code: int) -> str:
@@ -202,11 +201,6 @@ def describe_error_code(raw: str | None) -> str | None:
     if code is None:
         return None
     return DN_ERROR_CODES.get(code, UNRECOGNISED_ERROR_CODE)
-
-
-def message_status_for_dn(status: str) -> str | None:
-    """None for anything else, so the caller keeps the raw status rather than guessing."""
-    return _DN_STATUS_TO_MESSAGE_STATUS.get(status.strip().upper())
 
 
 def submit_error_category(code: int | None) -> ErrorCategory:

@@ -5,13 +5,14 @@ the transaction that holds it; only then is it answered 200. One writer task per
 takes whatever has queued up (at most `DN_BATCH_MAX` DNs) and writes it in one transaction,
 so under load one fsync covers hundreds of DNs instead of one.
 
-In that transaction, in this order (Postgres), in three round trips:
-1. BEGIN and `pg_advisory_xact_lock` on every distinct msgid's key, sorted, as one simple
-   query (`service.begin_and_lock_sql`): the same lock the send path takes on a ref it
-   records, so a DN and its message never race;
-2. one statement: `INSERT ... SELECT ... FROM unnest(...) WITH ORDINALITY ORDER BY ordinality`,
-   which draws ids (the receipt sequence) in arrival order and sets `message_id` from
-   `messages.ref`, and an UPDATE of the matched messages from the newest DN of the batch (only
+In that transaction, in this order, in three round trips:
+1. BEGIN and `pg_advisory_xact_lock` on the key of every candidate ref of every msgid, sorted,
+   as one simple query (`delivery.begin_and_lock_sql`): the same lock the send path takes on a
+   ref it records, so a DN and its message never race;
+2. one statement (`repository.STORE_BATCH`): `INSERT ... SELECT ... FROM unnest(...) WITH
+   ORDINALITY ORDER BY ordinality`, which draws ids (the receipt sequence) in arrival order
+   and sets `message_id` from `messages.ref` (the msgid, else its longest cut candidate: see
+   `app.delivery`), and an UPDATE of the matched messages from the newest DN of the batch (only
    forward) with their DN count increased by the batch's;
 3. COMMIT.
 
@@ -24,16 +25,15 @@ Failures:
 - a batch failing for another reason is retried one DN per transaction, so one bad row cannot
   fail its neighbours; a DN that fails alone raises `DNStoreError`.
 
-Two batches may be in flight (Postgres): the next one starts once the previous one's INSERT
+Two batches may be in flight: the next one starts once the previous one's INSERT
 has drawn its ids, so ids still follow arrival order, and DNs for the same msgid still
 serialise on the advisory lock. (A batch retried row by row after a non-database failure is
 the exception: those rows get ids after DNs that arrived later.)
 
-Postgres goes through asyncpg directly, on a connection checked out of SQLAlchemy's pool per
+The writer goes through asyncpg directly, on a connection checked out of SQLAlchemy's pool per
 batch rather than one held for ever: the checkout costs little per batch (~2 us per DN at the
 batch sizes seen under load), and buys the pool's replacement of connections killed by a
-database restart (`db.create_engine` checks asyncpg's `is_closed()` at checkout). SQLite uses
-SQLAlchemy Core in the same shape (one writer, BEGIN IMMEDIATE: correctness over speed).
+database restart (`db.create_engine` checks asyncpg's `is_closed()` at checkout).
 """
 
 from __future__ import annotations
@@ -41,17 +41,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.errors import is_database_unavailable
-from app.models import DeliveryNotification, Message
-from app.notifications.service import APPLY_BATCH_SET, begin_and_lock_sql, refresh_messages
+from app.notifications.repository import EMPTY_BATCH, STORE_BATCH, begin_and_store
 from app.ops.metrics import DN_BATCH_SECONDS, DN_BATCH_SIZE, DN_QUEUE_DEPTH
 
 log = structlog.get_logger("app.dn_writer")
@@ -59,31 +56,6 @@ log = structlog.get_logger("app.dn_writer")
 # After a batch fails because the database is unreachable, answer 503 at once for this long,
 # then let the next batch probe the database again.
 BREAKER_OPEN_S = 1.0
-
-# The whole batch in one statement (after the locks): insert in arrival order, drawing ids
-# (the receipt sequence) and matching messages.ref; then move each matched message to its
-# newest DN (service.APPLY_BATCH_SET: never backwards, counted exactly).
-_STORE_HEAD = """
-WITH ins AS (
-    INSERT INTO delivery_notifications
-        (msgid, status, error_code, error_description, msisdn, raw, received_at, message_id)
-    SELECT t.msgid, t.status, t.error_code, t.error_description, t.msisdn, t.raw,
-           to_timestamp(t.ts), m.id
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::float8[]) WITH ORDINALITY
-         AS t(msgid, status, error_code, error_description, msisdn, raw, ts, ord)
-    LEFT JOIN messages m ON m.ref = t.msgid
-    ORDER BY t.ord
-    RETURNING id, message_id, status, error_code, error_description, received_at
-), d AS (
-    SELECT DISTINCT ON (message_id) id, message_id, status, error_code, error_description,
-           received_at, count(*) OVER (PARTITION BY message_id) AS n
-    FROM ins WHERE message_id IS NOT NULL
-    ORDER BY message_id, id DESC
-)
-UPDATE messages SET """
-_STORE_TAIL = "\nFROM d WHERE messages.id = d.message_id\n"
-_STORE_PG = _STORE_HEAD + APPLY_BATCH_SET + _STORE_TAIL  # fixed text only: noqa: S608
 
 
 class InboundDN(NamedTuple):
@@ -108,7 +80,7 @@ class DNStoreError(Exception):
 
 _Item = tuple[InboundDN, "asyncio.Future[None]"]
 
-# Batches in flight at once (Postgres): while one commits, the next locks and inserts, so
+# Batches in flight at once: while one commits, the next locks and inserts, so
 # neither the event loop nor the database sits idle waiting for the other.
 PIPELINE = 2
 
@@ -128,7 +100,6 @@ class _Turn:
 class DNWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
         self._queue_max = settings.dn_queue_max
         self._batch_max = settings.dn_batch_max
         self._ack_timeout = settings.dn_ack_timeout_s
@@ -141,7 +112,7 @@ class DNWriter:
         self._down_until = 0.0
         self.breaker_open_s = BREAKER_OPEN_S
         self._in_flight = 0
-        self._slots = asyncio.Semaphore(PIPELINE if self._postgres else 1)
+        self._slots = asyncio.Semaphore(PIPELINE)
         self._turn = asyncio.Lock()
         self._batches: set[asyncio.Task[None]] = set()
 
@@ -157,8 +128,7 @@ class DNWriter:
     async def start(self) -> None:
         if self._task is None:
             self._closing = False
-            if self._postgres:
-                await self._warm_up()
+            await self._warm_up()
             self._task = asyncio.create_task(self._run(), name="dn-writer")
 
     async def _warm_up(self) -> None:
@@ -172,7 +142,7 @@ class DNWriter:
             async with self._engine.connect() as conn:
                 raw = await conn.get_raw_connection()
                 apg: Any = raw.driver_connection
-                await apg.execute(_STORE_PG, [], [], [], [], [], [], [])  # stores nothing
+                await apg.execute(STORE_BATCH, *EMPTY_BATCH)  # stores nothing
 
         try:
             async with asyncio.timeout(5):
@@ -318,12 +288,6 @@ class DNWriter:
         self._down_until = asyncio.get_running_loop().time() + self.breaker_open_s
 
     async def _commit(self, dns: list[InboundDN], turn: _Turn | None) -> None:
-        if self._postgres:
-            await self._commit_postgres(dns, turn)
-        else:
-            await self._commit_sqlite(dns)  # one writer at a time: the turn ends with COMMIT
-
-    async def _commit_postgres(self, dns: list[InboundDN], turn: _Turn | None) -> None:
         """Three round trips: BEGIN with the msgids' locks (one simple query), the batch's
         statement, COMMIT."""
         async with self._engine.connect() as conn:
@@ -331,7 +295,7 @@ class DNWriter:
             apg: Any = raw.driver_connection
             committing = False
             try:
-                await begin_and_store_pg(apg, dns)
+                await begin_and_store(apg, dns)
                 if turn is not None:
                     turn.release()  # ids drawn: the next batch may start while this commits
                 committing = True
@@ -346,46 +310,6 @@ class DNWriter:
                     with contextlib.suppress(Exception):
                         await conn.invalidate()
                 raise
-
-    async def _commit_sqlite(self, dns: list[InboundDN]) -> None:
-        async with self._engine.begin() as conn:  # BEGIN IMMEDIATE: the one writer
-            await _insert_sqlite(conn, dns)
-
-
-async def begin_and_store_pg(apg: Any, dns: list[InboundDN]) -> None:
-    """BEGIN, the msgids' locks and the batch's statement on an asyncpg connection, in two
-    round trips; the caller commits (or rolls back). The ids are drawn when this returns."""
-    # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send that
-    # held the lock, and a send waiting for it sees these DNs once they are committed.
-    await apg.execute(begin_and_lock_sql([dn.msgid for dn in dns]))
-    await apg.execute(_STORE_PG, *zip(*dns, strict=True))
-
-
-async def _insert_sqlite(conn: AsyncConnection, dns: list[InboundDN]) -> None:
-    msgids = sorted({dn.msgid for dn in dns})
-    by_ref: dict[str, int] = {}
-    for start in range(0, len(msgids), 500):
-        result = await conn.execute(
-            select(Message.id, Message.ref).where(Message.ref.in_(msgids[start : start + 500]))
-        )
-        by_ref.update({ref: mid for mid, ref in result if ref is not None})
-    rows = [
-        {
-            "msgid": dn.msgid,
-            "status": dn.status,
-            "error_code": dn.error_code,
-            "error_description": dn.error_description,
-            "msisdn": dn.msisdn,
-            "raw": dn.raw,
-            "received_at": datetime.fromtimestamp(dn.received_ts, UTC),
-            "message_id": by_ref.get(dn.msgid),
-        }
-        for dn in dns
-    ]
-    # executemany inserts in list order: INTEGER PRIMARY KEY ids follow arrival order.
-    await conn.execute(insert(DeliveryNotification), rows)
-    matched = sorted({mid for mid in (by_ref.get(dn.msgid) for dn in dns) if mid is not None})
-    await refresh_messages(conn, matched)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

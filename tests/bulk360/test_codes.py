@@ -18,7 +18,6 @@ from app.bulk360.codes import (
     dn_error_category,
     error_code_tables,
     message_error_category,
-    message_status_for_dn,
     normalise_error_code,
     submit_description,
     submit_error_category,
@@ -193,22 +192,6 @@ def test_describe_unlisted_error_code(raw: str) -> None:
 @pytest.mark.parametrize("raw", [None, "", "  "])
 def test_describe_missing_error_code(raw: str | None) -> None:
     assert describe_error_code(raw) is None
-
-
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        ("DELIVERED", "delivered"),
-        ("UNDELIVERED", "undelivered"),
-        ("delivered", "delivered"),
-        (" Undelivered\n", "undelivered"),
-        ("DELIVRD", None),
-        ("EXPIRED", None),
-        ("", None),
-    ],
-)
-def test_message_status_for_dn(status: str, expected: str | None) -> None:
-    assert message_status_for_dn(status) == expected
 
 
 def test_dn_statuses_are_the_doc_rows() -> None:

@@ -12,15 +12,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.main import create_app
-from app.models import Message
 from app.notifications.endpoints import _BadDN, _urlencoded_fields
-from app.notifications.service import attach_dns, lock_refs
 from tests.conftest import DN_TOKEN, Relay, relay_settings
-from tests.notifications.helpers import add_message, dns, message
+from tests.notifications.helpers import add_message, dns, message, record_refs
 
 HOOK = f"/dn/{DN_TOKEN}"
 DN = {"msgid": "ref-1", "status": "UNDELIVERED", "error-code": "0", "msisdn": "60123240066"}
@@ -279,9 +276,9 @@ async def test_unknown_status_is_kept_raw_and_not_final(relay: Relay, engine: As
 
 
 async def test_dn_before_message_is_attached_when_the_ref_is_recorded(
-    relay: Relay, engine: AsyncEngine
+    relay: Relay, engine: AsyncEngine, db_url: str
 ) -> None:
-    """Sequential form (both backends): the DN is stored unmatched, the send path attaches it."""
+    """Sequential form: the DN is stored unmatched, the send path attaches it."""
     response = await relay.client.post(
         HOOK, json={"msgid": "early", "status": "UNDELIVERED", "error-code": "502"}
     )
@@ -290,13 +287,7 @@ async def test_dn_before_message_is_attached_when_the_ref_is_recorded(
     assert row["message_id"] is None
 
     message_id = await add_message(engine, None)
-    async with relay.state.sessionmaker() as session:
-        await lock_refs(session, ["early"])
-        await session.execute(
-            update(Message).where(Message.id == message_id).values(ref="early", status="pending")
-        )
-        await attach_dns(session, {message_id: "early"})
-        await session.commit()
+    await record_refs(db_url, {message_id: "early"})
 
     msg = await message(engine, message_id)
     assert (msg["status"], msg["error_code"], msg["dn_count"]) == ("undelivered", "502", 1)

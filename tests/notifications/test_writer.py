@@ -1,5 +1,5 @@
 """The group-commit writer under faults and races: database down, queue full, shutdown with
-DNs queued, a bad row in a batch, and (Postgres) real concurrent transactions."""
+DNs queued, a bad row in a batch, and real concurrent transactions."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.client import Destination
+from app.delivery import lock_key, refresh_messages
 from app.deps import State
 from app.main import create_app
 from app.messages.service import _Entry, _record_answer_pg
-from app.models import Message
-from app.notifications.service import attach_dns, lock_key, lock_refs, refresh_messages_pg
-from app.notifications.writer import PIPELINE, DNStoreError, InboundDN, begin_and_store_pg
+from app.notifications.repository import begin_and_store
+from app.notifications.writer import PIPELINE, DNStoreError, InboundDN
 from tests.conftest import DN_TOKEN, Relay, relay_settings
-from tests.notifications.helpers import add_message, dns, message
+from tests.notifications.helpers import add_message, begin_recording_refs, dns, message, pg_dsn
 from tests.servers import free_port
 
 HOOK = f"/dn/{DN_TOKEN}"
@@ -46,10 +46,6 @@ async def relay_with(db_url: str, **overrides: Any) -> AsyncIterator[Hooked]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client:
             yield Hooked(client, manager._state["relay"])
-
-
-def pg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def until(
@@ -78,7 +74,7 @@ async def lock_waiters(dsn: str) -> int:
 
 @contextlib.asynccontextmanager
 async def writer_blocked(db_url: str, msgid: str) -> AsyncIterator[None]:
-    """Hold the msgid's advisory lock (what the writer needs for it) until the block exits."""
+    """Hold the msgid's advisory lock (what the writer needs for its DN) until the block exits."""
     conn = await asyncpg.connect(pg_dsn(db_url))
     try:
         tx = conn.transaction()
@@ -371,17 +367,17 @@ async def test_dn_waits_for_a_send_recording_its_ref_and_ends_matched(
     """The send path holds the ref's lock with the ref written but not committed; the DN's
     batch waits for it, then sees the ref and applies the DN to the message."""
     message_id = await add_message(engine, None)
-    async with relay.state.sessionmaker() as send:
-        await lock_refs(send, ["race-1"])
-        await send.execute(
-            update(Message).where(Message.id == message_id).values(ref="race-1", status="pending")
-        )
+    send = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        # Nothing to attach yet: the DN is not inserted.
+        await begin_recording_refs(send, {message_id: "race-1"})
         hook = asyncio.create_task(
             relay.client.get(HOOK, params=dn_params("race-1", "UNDELIVERED", "510"))
         )
         await until(lambda: lock_waiters(pg_dsn(db_url)), "the DN batch to wait for the lock")
-        await attach_dns(send, {message_id: "race-1"})  # nothing yet: the DN is not inserted
-        await send.commit()
+        await send.execute("COMMIT")
+    finally:
+        await send.close()
     response = await hook
 
     assert response.status_code == 200
@@ -397,20 +393,17 @@ async def test_send_waits_for_an_uncommitted_dn_and_attaches_it(
     message_id = await add_message(engine, None)
     dn_conn = await asyncpg.connect(pg_dsn(db_url))
     try:
-        await begin_and_store_pg(
+        await begin_and_store(
             dn_conn, [InboundDN("race-2", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
 
         async def send_path() -> None:
-            async with relay.state.sessionmaker() as send:
-                await lock_refs(send, ["race-2"])
-                await send.execute(
-                    update(Message)
-                    .where(Message.id == message_id)
-                    .values(ref="race-2", status="pending")
-                )
-                await attach_dns(send, {message_id: "race-2"})
-                await send.commit()
+            send = await asyncpg.connect(pg_dsn(db_url))
+            try:
+                await begin_recording_refs(send, {message_id: "race-2"})
+                await send.execute("COMMIT")
+            finally:
+                await send.close()
 
         sending = asyncio.create_task(send_path())
         await until(lambda: lock_waiters(pg_dsn(db_url)), "the send to wait for the DN's lock")
@@ -429,7 +422,7 @@ async def test_newer_dn_waits_for_an_older_open_batch_on_the_same_msgid(
     message_id = await add_message(engine, "race-3")
     older = await asyncpg.connect(pg_dsn(db_url))
     try:
-        await begin_and_store_pg(
+        await begin_and_store(
             older, [InboundDN("race-3", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
         newer = asyncio.create_task(
@@ -470,16 +463,16 @@ async def test_late_commit_never_overwrites_newer_dn(
         newer_id = await b.fetchval(_RAW_INSERT, "race-4", "UNDELIVERED", message_id)
         assert older_id < newer_id
         if older_refreshes_first:
-            await refresh_messages_pg(a, [message_id])  # holds the message row
-            newer = asyncio.create_task(refresh_messages_pg(b, [message_id]))
+            await refresh_messages(a, [message_id])  # holds the message row
+            newer = asyncio.create_task(refresh_messages(b, [message_id]))
             await until(lambda: lock_waiters(dsn), "the newer refresh to wait for the row")
             await ta.commit()
             await newer
             await tb.commit()
         else:
-            await refresh_messages_pg(b, [message_id])
+            await refresh_messages(b, [message_id])
             await tb.commit()
-            await refresh_messages_pg(a, [message_id])  # late: sees the newer DN
+            await refresh_messages(a, [message_id])  # late: sees the newer DN
             await ta.commit()
     finally:
         await a.close()
@@ -516,7 +509,7 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
 
     conn = await asyncpg.connect(pg_dsn(db_url))
     try:
-        await begin_and_store_pg(
+        await begin_and_store(
             conn,
             [
                 dn("batch-1", "UNDELIVERED", "501"),
@@ -533,7 +526,7 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
         assert one["last_dn_seq"] == (await dns(engine, "batch-1"))[-1]["id"]
         assert (two["status"], two["dn_count"], two["error_code"]) == ("delivered", 1, "000")
 
-        await begin_and_store_pg(conn, [dn("batch-1", "UNDELIVERED", "510")])
+        await begin_and_store(conn, [dn("batch-1", "UNDELIVERED", "510")])
         await conn.execute("COMMIT")
         one = await message(engine, first)
         assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 4)
@@ -542,7 +535,7 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
         # A newer DN already applied (as a late commit would find it): the count still grows,
         # the delivery fields stay.
         await conn.execute("UPDATE messages SET last_dn_seq = 1000000000 WHERE id = $1", first)
-        await begin_and_store_pg(conn, [dn("batch-1", "DELIVERED", "000")])
+        await begin_and_store(conn, [dn("batch-1", "DELIVERED", "000")])
         await conn.execute("COMMIT")
         one = await message(engine, first)
         assert (one["status"], one["error_code"], one["dn_count"]) == ("undelivered", "510", 5)
@@ -568,7 +561,7 @@ async def test_send_answer_waits_for_an_uncommitted_dn_batch_and_attaches_it(
     entry.status, entry.ref, entry.answered = "pending", "race-5", True
     dn_conn = await asyncpg.connect(pg_dsn(db_url))
     try:
-        await begin_and_store_pg(
+        await begin_and_store(
             dn_conn, [InboundDN("race-5", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
         recording = asyncio.create_task(_record_answer_pg(relay.state.engine, [entry], None))

@@ -1,0 +1,194 @@
+"""How DNs decide a message's state: one rule for the DN writer and the send path.
+
+**The last DN received is final.** A message's delivery fields are a function of its DN with
+the highest receipt sequence (`delivery_notifications.id`, a database sequence). Writers move
+a message only forward (`_ONLY_FORWARD`), so a transaction that commits late never puts an
+older DN on top of a newer one. A DN is final when its status is DELIVERED or UNDELIVERED and
+its error code is not one the provider sends while it keeps trying (`NON_FINAL_DN_CODES`:
+556, "SMS buffered"); a non-final last DN takes a delivered/undelivered message back to
+`pending` and leaves any other status (`pending`, `expired`) as it is.
+
+**Which message a DN belongs to.** The one whose ref is its msgid; failing that, the one whose
+ref is the msgid cut at one of its last `MAX_SUFFIX_CUTS` `-`/`.` boundaries, the longest such
+ref winning (`E2104yMYer2weOB-X46dBlYa79-0` belongs to `E2104yMYer2weOB-X46dBlYa79`, whose
+own `-` is a multi-recipient ref's). Never the other way: a DN `X-0` does not belong to a
+message `X-0-1`. The candidates of a msgid (`candidate_refs`) are few, so each is one probe
+of the unique index on `messages.ref`. A DN matched this way keeps its raw msgid. (Refs of
+one provider answer share no prefix with another answer's, so a DN attached to a ref is never
+claimed later by a longer one.)
+
+**The race this module closes.** A DN may arrive before the send path has recorded the ref it
+names (the provider answers the send, sends the DN, and our UPDATE of the ref has not
+committed yet). Both sides take a transaction-scoped advisory lock per ref, sorted so two
+writers never deadlock, before they read or write: the send path on each ref it records, the
+DN writer on every candidate ref of each msgid (so a DN `X-0` and a send recording `X`
+serialise). Whichever commits second sees the other's rows: the DN writer matches the ref,
+or the send path attaches the waiting DN (`attach_waiting_dns`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from app.bulk360.codes import DN_STATUSES, NON_FINAL_DN_CODES
+
+# A msgid is cut at its last few separators only: real ones carry one or two suffixes
+# (`-0`, `.0602-0`) after a ref with at most one `-`; a longer run is not worth a lock each.
+MAX_SUFFIX_CUTS: Final = 4
+_SEPARATORS: Final = "-."
+
+_FINAL_STATUSES_SQL = ", ".join(f"'{status}'" for status in DN_STATUSES)  # DELIVERED, UNDELIVERED
+_NON_FINAL_CODES_SQL = ", ".join(f"'{code}'" for code in sorted(NON_FINAL_DN_CODES))
+_IS_FINAL = (
+    f"(upper(d.status) IN ({_FINAL_STATUSES_SQL})"
+    f" AND coalesce(d.error_code, '') NOT IN ({_NON_FINAL_CODES_SQL}))"
+)
+
+# The message's delivery fields, from its last DN `d`.
+_FROM_LAST_DN = {
+    "last_dn_seq": "d.id",
+    "delivery_status": "d.status",
+    "error_code": "d.error_code",
+    "error_description": "d.error_description",
+    "status": f"""CASE WHEN NOT {_IS_FINAL} THEN
+            CASE WHEN messages.status IN ('delivered', 'undelivered') THEN 'pending'
+                 ELSE messages.status END
+        WHEN upper(d.status) = 'DELIVERED' THEN 'delivered'
+        ELSE 'undelivered' END""",
+    "final_at": f"CASE WHEN {_IS_FINAL} THEN d.received_at ELSE NULL END",
+}
+# Never move a message back to an older DN, whatever the commit order.
+_ONLY_FORWARD = "(messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)"
+
+# The DN writer's batch (notifications/repository.py): `d` is each matched message's newest
+# DN of the batch and `d.n` its count of DNs in the batch. Only the count is added (exact:
+# every writer of a ref holds its lock); the delivery fields move forward only. One pass over
+# the new rows, none over a message's history.
+APPLY_BATCH_SET: Final = (
+    "dn_count = messages.dn_count + d.n,\n"
+    + "".join(
+        f"    {column} = CASE WHEN {_ONLY_FORWARD} THEN {expr} ELSE messages.{column} END,\n"
+        for column, expr in _FROM_LAST_DN.items()
+    )
+    + "    updated_at = CURRENT_TIMESTAMP"
+)
+
+# Recompute messages ($1) from their newest DN, counting every DN: after DNs were attached.
+# DISTINCT ON walks the (message_id, id) index once per message. Fixed text only.
+_REFRESH = (
+    "UPDATE messages SET\n"  # noqa: S608
+    "    dn_count = (SELECT count(*) FROM delivery_notifications c"
+    " WHERE c.message_id = messages.id),\n"
+    + "".join(f"    {column} = {expr},\n" for column, expr in _FROM_LAST_DN.items())
+    + """    updated_at = CURRENT_TIMESTAMP
+FROM (
+    SELECT DISTINCT ON (dn.message_id)
+           dn.id, dn.message_id, dn.status, dn.error_code, dn.error_description, dn.received_at
+    FROM delivery_notifications dn
+    WHERE dn.message_id = ANY($1::bigint[])
+    ORDER BY dn.message_id, dn.id DESC
+) AS d
+WHERE messages.id = d.message_id
+  AND """
+    + _ONLY_FORWARD
+)
+
+# SQL for "is `ref` a candidate ref of d.msgid" (the same cut as `candidate_refs`): the msgid
+# is the ref, or the ref followed by a separator and at most MAX_SUFFIX_CUTS separators in all.
+_REST = "substr(d.msgid, length({ref}) + 1)"
+_IS_CANDIDATE = (
+    "(d.msgid = {ref} OR (substr(d.msgid, length({ref}) + 1, 1) IN ('-', '.') AND "
+    f"length({_REST}) - length(translate({_REST}, '-.', '')) <= {MAX_SUFFIX_CUTS}))"
+)
+# DNs not attached to any message whose msgid starts with `ref` followed by nothing, `-` or
+# `.` (and a few others: a superset, cheap to test). In byte order '-' < '.' < '/', so that is
+# one range of the partial index ix_delivery_notifications_unmatched_msgid (text_pattern_ops).
+_WAITING = "d.message_id IS NULL AND d.msgid ~>=~ {ref} AND d.msgid ~<~ ({ref} || '/')"
+
+# DNs stored before their message's ref was recorded, attached to the longest candidate ref of
+# those being recorded ($1 message ids, $2 their refs).
+_ATTACH = f"""
+WITH pick AS (
+    SELECT DISTINCT ON (d.id) d.id, v.id AS message_id
+    FROM unnest($1::bigint[], $2::text[]) AS v(id, ref)
+    JOIN delivery_notifications d ON {_WAITING.format(ref="v.ref")}
+    WHERE {_IS_CANDIDATE.format(ref="v.ref")}
+    ORDER BY d.id, length(v.ref) DESC
+)
+UPDATE delivery_notifications d SET message_id = pick.message_id
+FROM pick WHERE d.id = pick.id
+RETURNING d.message_id
+"""  # noqa: S608 - fixed text only
+
+# Advisory lock keys: a 64-bit hash of the ref, computed here rather than in SQL so that a
+# writer can take its locks in the same round trip as its BEGIN (`begin_and_lock_sql`).
+_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT unnest({param}) AS k ORDER BY 1) AS s"
+)
+
+
+def candidate_refs(msgid: str) -> list[str]:
+    """The refs a DN with this msgid may belong to, longest (the msgid itself) first."""
+    if "-" not in msgid and "." not in msgid:  # most msgids: one candidate, no scan
+        return [msgid]
+    cuts = [i for i in range(len(msgid) - 1, 0, -1) if msgid[i] in _SEPARATORS]
+    return [msgid] + [msgid[:i] for i in cuts[:MAX_SUFFIX_CUTS]]
+
+
+def suffix_candidates(msgids: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Every cut candidate of these msgids (not the msgids themselves), as two parallel
+    arrays: the msgid's 1-based position in `msgids`, the candidate ref."""
+    positions: list[int] = []
+    refs: list[str] = []
+    for position, msgid in enumerate(msgids, 1):
+        if "-" in msgid or "." in msgid:
+            cut = candidate_refs(msgid)[1:]
+            positions += [position] * len(cut)
+            refs += cut
+    return positions, refs
+
+
+def lock_key(ref: str) -> int:
+    """The advisory lock key of a ref (signed 64-bit, as Postgres' bigint)."""
+    digest = hashlib.blake2b(ref.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def begin_and_lock_sql(refs: Iterable[str]) -> str:
+    """BEGIN and the refs' locks as one simple query: one round trip instead of two. Only
+    integers are inlined (the keys), never a ref. For a DN, lock `dn_lock_refs(msgids)`."""
+    keys = ",".join(str(k) for k in sorted({lock_key(r) for r in refs}))
+    return "BEGIN; " + _LOCK_SQL.format(param=f"'{{{keys}}}'::bigint[]")
+
+
+def dn_lock_refs(msgids: Iterable[str]) -> set[str]:
+    """The refs a DN writer locks for these msgids: every candidate of each."""
+    return {ref for msgid in msgids for ref in candidate_refs(msgid)}
+
+
+def waiting_dns_exist(ref_sql: str) -> str:
+    """An SQL condition, true when a DN stored before the ref `ref_sql` (an SQL expression)
+    was recorded may be waiting for it: then call `attach_waiting_dns`. Never false when one
+    is; rarely true when none is."""
+    waiting = _WAITING.format(ref=ref_sql)
+    return f"EXISTS (SELECT 1 FROM delivery_notifications d WHERE {waiting})"  # noqa: S608
+
+
+async def attach_waiting_dns(apg: Any, refs_by_message: Mapping[int, str]) -> None:
+    """Attach DNs stored before their message's ref was recorded, then move those messages to
+    their last DN. `apg` is an asyncpg connection inside the transaction that records the
+    refs, after their locks (`begin_and_lock_sql`)."""
+    if not refs_by_message:
+        return
+    attached = await apg.fetch(_ATTACH, list(refs_by_message), list(refs_by_message.values()))
+    if attached:
+        await refresh_messages(apg, sorted({row[0] for row in attached}))
+
+
+async def refresh_messages(apg: Any, message_ids: Sequence[int]) -> None:
+    """Recompute these messages' delivery fields and DN count from their DNs (asyncpg, inside
+    a transaction holding their refs' locks)."""
+    if message_ids:
+        await apg.execute(_REFRESH, list(message_ids))

@@ -1,0 +1,207 @@
+"""app/delivery.py: which message a DN belongs to (suffixed msgids) and when it is final (556),
+through the DN writer's batch and the send path's attaching of waiting DNs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, dn_lock_refs, suffix_candidates
+from app.notifications.repository import begin_and_store
+from app.notifications.writer import InboundDN
+from tests.conftest import DN_TOKEN, Relay
+from tests.notifications.helpers import (
+    add_message,
+    begin_recording_refs,
+    dns,
+    message,
+    pg_dsn,
+    record_refs,
+)
+from tests.notifications.test_writer import lock_waiters, until
+
+HOOK = f"/dn/{DN_TOKEN}"
+MULTI = "E2104yMYer2weOB-X46dBlYa79"  # a multi-recipient ref (the provider doc's)
+SINGLE = "E210446dBNyMYd7"
+
+
+def dn(msgid: str, status: str = "DELIVERED", code: str | None = "000") -> InboundDN:
+    return InboundDN(msgid, status, code, None, None, "{}", time.time())
+
+
+@pytest.mark.parametrize(
+    ("msgid", "expected"),
+    [
+        ("plain", ["plain"]),
+        (f"{MULTI}-0", [f"{MULTI}-0", MULTI, "E2104yMYer2weOB"]),
+        (f"{SINGLE}.0602-0", [f"{SINGLE}.0602-0", f"{SINGLE}.0602", SINGLE]),
+        ("-lead", ["-lead"]),  # never the empty ref
+        ("a-b-c-d-e-f", ["a-b-c-d-e-f", "a-b-c-d-e", "a-b-c-d", "a-b-c", "a-b"]),
+    ],
+)
+def test_candidate_refs_are_the_msgid_then_its_cuts_longest_first(
+    msgid: str, expected: list[str]
+) -> None:
+    assert candidate_refs(msgid) == expected
+    assert len(candidate_refs(msgid)) <= 1 + MAX_SUFFIX_CUTS
+    assert dn_lock_refs([msgid]) == set(expected)
+
+
+def test_suffix_candidates_name_each_msgid_by_position() -> None:
+    assert suffix_candidates(["plain", "x-0", "y.1-2"]) == ([2, 3, 3], ["x", "y.1", "y"])
+
+
+async def _store(db_url: str, batch: list[InboundDN]) -> None:
+    conn = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        await begin_and_store(conn, batch)
+        await conn.execute("COMMIT")
+    finally:
+        await conn.close()
+
+
+async def test_suffixed_msgids_match_their_ref_in_a_batch(db_url: str, engine: AsyncEngine) -> None:
+    """Exact first, else the longest cut that is a ref: `MULTI-0` goes to MULTI, not to the
+    shorter ref that also exists; the raw msgid is kept."""
+    multi = await add_message(engine, MULTI)
+    shorter = await add_message(engine, "E2104yMYer2weOB")
+    single = await add_message(engine, SINGLE)
+    exact = await add_message(engine, f"{SINGLE}-7")
+
+    await _store(
+        db_url,
+        [
+            dn(f"{MULTI}-0", "UNDELIVERED", "501"),
+            dn(f"{SINGLE}.0602-0"),
+            dn(f"{SINGLE}-7"),  # a ref of its own: exact wins over the cut
+            dn(f"{MULTI}-0"),
+        ],
+    )
+
+    stored = {d["id"]: d for d in await dns(engine)}
+    assert [d["msgid"] for d in stored.values()] == [
+        f"{MULTI}-0",
+        f"{SINGLE}.0602-0",
+        f"{SINGLE}-7",
+        f"{MULTI}-0",
+    ]
+    assert [d["message_id"] for d in stored.values()] == [multi, single, exact, multi]
+    m = await message(engine, multi)
+    assert (m["status"], m["dn_count"]) == ("delivered", 2)
+    assert (await message(engine, single))["status"] == "delivered"
+    assert (await message(engine, exact))["status"] == "delivered"
+    assert (await message(engine, shorter))["dn_count"] == 0
+
+
+async def test_a_msgid_never_matches_a_longer_ref(db_url: str, engine: AsyncEngine) -> None:
+    """`X-0` is not a cut of `X-0-1`: the DN stays unmatched, by the batch and when the longer
+    ref is recorded later."""
+    await add_message(engine, "X-0-1")
+    await _store(db_url, [dn("X-0")])
+    [row] = await dns(engine, "X-0")
+    assert row["message_id"] is None
+
+    late = await add_message(engine, None)
+    await record_refs(db_url, {late: "X-0-2"})
+
+    [row] = await dns(engine, "X-0")
+    assert row["message_id"] is None
+    assert (await message(engine, late))["dn_count"] == 0
+
+
+async def test_a_late_ref_attaches_its_suffixed_dns_and_only_those(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """DNs beat the send's answer: recording the refs attaches each waiting DN to its longest
+    candidate among them, and leaves DNs that are not its own (`Y-0x`, `Yz-0`)."""
+    for msgid in (f"{MULTI}-0", f"{SINGLE}.0602-0", "Y-0x", "Yz-0", "Y"):
+        await _store(db_url, [dn(msgid, "UNDELIVERED", "510")])
+    base, multi, single, y = [await add_message(engine, None) for _ in range(4)]
+
+    await record_refs(db_url, {base: "E2104yMYer2weOB", multi: MULTI, single: SINGLE, y: "Y-0x-1"})
+
+    attached = {d["msgid"]: d["message_id"] for d in await dns(engine)}
+    assert attached == {
+        f"{MULTI}-0": multi,
+        f"{SINGLE}.0602-0": single,
+        "Y-0x": None,
+        "Yz-0": None,
+        "Y": None,
+    }
+    for message_id in (multi, single):
+        m = await message(engine, message_id)
+        assert (m["status"], m["error_code"], m["dn_count"]) == ("undelivered", "510", 1)
+    assert (await message(engine, base))["dn_count"] == 0
+
+
+async def test_a_suffixed_dn_and_the_send_recording_its_ref_serialise(
+    db_url: str, relay: Relay, engine: AsyncEngine
+) -> None:
+    """The DN `X-0` takes the lock of `X` too: a send recording `X` (not committed) makes it
+    wait, and it then finds the ref."""
+    message_id = await add_message(engine, None)
+    send = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        await begin_recording_refs(send, {message_id: "race-s"})
+        hook = asyncio.create_task(
+            relay.client.get(
+                HOOK, params={"msgid": "race-s.0602-0", "status": "DELIVERED", "error-code": "0"}
+            )
+        )
+        await until(lambda: lock_waiters(pg_dsn(db_url)), "the DN batch to wait for the lock")
+        await send.execute("COMMIT")
+    finally:
+        await send.close()
+
+    assert (await hook).status_code == 200
+    m = await message(engine, message_id)
+    assert (m["status"], m["dn_count"]) == ("delivered", 1)
+
+
+async def test_dn_556_is_stored_and_counted_but_not_final(
+    relay: Relay, engine: AsyncEngine
+) -> None:
+    """SMS buffered: pending stays pending; after a final DN, a 556 takes the message back to
+    pending (the last DN received decides, and it decides nothing yet); the next final DN
+    makes it final again."""
+    message_id = await add_message(engine, "buffered")
+
+    async def send_dn(status: str, code: str) -> None:
+        params = {"msgid": "buffered", "status": status, "error-code": code}
+        assert (await relay.client.get(HOOK, params=params)).status_code == 200
+
+    await send_dn("UNDELIVERED", "556")
+    m = await message(engine, message_id)
+    assert (m["status"], m["final_at"], m["dn_count"], m["error_code"]) == (
+        "pending",
+        None,
+        1,
+        "556",
+    )
+
+    await send_dn("DELIVERED", "000")
+    assert (await message(engine, message_id))["status"] == "delivered"
+
+    await send_dn("DELIVERED", "556")
+    m = await message(engine, message_id)
+    assert (m["status"], m["final_at"], m["dn_count"]) == ("pending", None, 3)
+
+    await send_dn("UNDELIVERED", "501")
+    m = await message(engine, message_id)
+    assert (m["status"], m["dn_count"]) == ("undelivered", 4) and m["final_at"] is not None
+
+
+async def test_attaching_waiting_dns_applies_the_556_rule_too(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    await _store(db_url, [dn("late-556", "UNDELIVERED", "556")])
+    message_id = await add_message(engine, None)
+
+    await record_refs(db_url, {message_id: "late-556"})
+
+    m = await message(engine, message_id)
+    assert (m["status"], m["dn_count"], m["delivery_status"]) == ("pending", 1, "UNDELIVERED")
