@@ -22,8 +22,9 @@ names (the provider answers the send, sends the DN, and our UPDATE of the ref ha
 committed yet). Both sides take a transaction-scoped advisory lock per ref, sorted so two
 writers never deadlock, before they read or write: the send path on each ref it records, the
 DN writer on every candidate ref of each msgid (so a DN `X-0` and a send recording `X`
-serialise). Whichever commits second sees the other's rows: the DN writer matches the ref,
-or the send path attaches the waiting DN (`attach_waiting_dns`).
+serialise; shared on the cuts, see `_DN_LOCK_SQL`). Whichever commits second sees the other's
+rows: the DN writer matches the ref, or the send path attaches the waiting DN
+(`attach_waiting_dns`).
 """
 
 from __future__ import annotations
@@ -123,9 +124,20 @@ RETURNING d.message_id
 """  # noqa: S608 - fixed text only
 
 # Advisory lock keys: a 64-bit hash of the ref, computed here rather than in SQL so that a
-# writer can take its locks in the same round trip as its BEGIN (`begin_and_lock_sql`).
+# writer can take its locks in the same round trip as its BEGIN. Every writer takes its locks
+# in key order, so two writers never deadlock.
 _LOCK_SQL = (
-    "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT unnest({param}) AS k ORDER BY 1) AS s"
+    "BEGIN; SELECT pg_advisory_xact_lock(k)"
+    " FROM (SELECT DISTINCT unnest('{{{keys}}}'::bigint[]) AS k ORDER BY 1) AS s"
+)
+# The DN writer's: exclusive on each msgid, shared on the cuts that are not msgids of the batch.
+# Shared, so DNs of different msgids with one cut (`X-0`, `X.0602-0`, `X-1-0` of the bench's
+# refs) do not queue behind each other; a send recording `X` (exclusive) waits for them all.
+_DN_LOCK_SQL = (
+    "BEGIN; SELECT CASE WHEN s.x THEN pg_advisory_xact_lock(s.k)"
+    " ELSE pg_advisory_xact_lock_shared(s.k) END"
+    " FROM (SELECT * FROM unnest('{{{keys}}}'::bigint[], '{{{modes}}}'::bool[]) AS u(k, x)"
+    " ORDER BY 1) AS s"
 )
 
 
@@ -157,15 +169,23 @@ def lock_key(ref: str) -> int:
 
 
 def begin_and_lock_sql(refs: Iterable[str]) -> str:
-    """BEGIN and the refs' locks as one simple query: one round trip instead of two. Only
-    integers are inlined (the keys), never a ref. For a DN, lock `dn_lock_refs(msgids)`."""
-    keys = ",".join(str(k) for k in sorted({lock_key(r) for r in refs}))
-    return "BEGIN; " + _LOCK_SQL.format(param=f"'{{{keys}}}'::bigint[]")
+    """BEGIN and the refs' locks (the send path's, exclusive) as one simple query: one round
+    trip instead of two. Only integers are inlined (the keys), never a ref."""
+    return _LOCK_SQL.format(keys=",".join(str(k) for k in sorted({lock_key(r) for r in refs})))
 
 
-def dn_lock_refs(msgids: Iterable[str]) -> set[str]:
-    """The refs a DN writer locks for these msgids: every candidate of each."""
-    return {ref for msgid in msgids for ref in candidate_refs(msgid)}
+def begin_and_lock_dns_sql(msgids: Iterable[str]) -> str:
+    """BEGIN and the locks of a batch of DNs: each msgid's, exclusive, and its cuts', shared."""
+    exclusive: dict[int, bool] = {}
+    for msgid in msgids:
+        refs = candidate_refs(msgid)
+        exclusive[lock_key(refs[0])] = True
+        for ref in refs[1:]:
+            exclusive.setdefault(lock_key(ref), False)
+    keys = sorted(exclusive)
+    return _DN_LOCK_SQL.format(
+        keys=",".join(map(str, keys)), modes=",".join("t" if exclusive[k] else "f" for k in keys)
+    )
 
 
 def waiting_dns_exist(ref_sql: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery import APPLY_BATCH_SET, begin_and_lock_sql, dn_lock_refs, suffix_candidates
+from app.delivery import APPLY_BATCH_SET, begin_and_lock_dns_sql, suffix_candidates
 from app.models import DeliveryNotification
 
 # The whole batch in one statement (after the locks):
@@ -58,7 +58,7 @@ async def begin_and_store(apg: Any, dns: Sequence[tuple[Any, ...]]) -> None:
     msgids = [dn[0] for dn in dns]
     # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send that
     # held the lock, and a send waiting for it sees these DNs once they are committed.
-    await apg.execute(begin_and_lock_sql(dn_lock_refs(msgids)))
+    await apg.execute(begin_and_lock_dns_sql(msgids))
     await apg.execute(STORE_BATCH, *zip(*dns, strict=True), *suffix_candidates(msgids))
 
 

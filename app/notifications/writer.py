@@ -6,9 +6,9 @@ takes whatever has queued up (at most `DN_BATCH_MAX` DNs) and writes it in one t
 so under load one fsync covers hundreds of DNs instead of one.
 
 In that transaction, in this order, in three round trips:
-1. BEGIN and `pg_advisory_xact_lock` on the key of every candidate ref of every msgid, sorted,
-   as one simple query (`delivery.begin_and_lock_sql`): the same lock the send path takes on a
-   ref it records, so a DN and its message never race;
+1. BEGIN and the advisory locks of every msgid (exclusive) and of its suffix cuts (shared),
+   sorted, as one simple query (`delivery.begin_and_lock_dns_sql`): the locks the send path
+   takes on a ref it records (exclusive), so a DN and its message never race;
 2. one statement (`repository.STORE_BATCH`): `INSERT ... SELECT ... FROM unnest(...) WITH
    ORDINALITY ORDER BY ordinality`, which draws ids (the receipt sequence) in arrival order
    and sets `message_id` from `messages.ref` (the msgid, else its longest cut candidate: see

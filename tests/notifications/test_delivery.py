@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, dn_lock_refs, suffix_candidates
+from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, suffix_candidates
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import InboundDN
 from tests.conftest import DN_TOKEN, Relay
@@ -48,7 +48,6 @@ def test_candidate_refs_are_the_msgid_then_its_cuts_longest_first(
 ) -> None:
     assert candidate_refs(msgid) == expected
     assert len(candidate_refs(msgid)) <= 1 + MAX_SUFFIX_CUTS
-    assert dn_lock_refs([msgid]) == set(expected)
 
 
 def test_suffix_candidates_name_each_msgid_by_position() -> None:
@@ -160,6 +159,26 @@ async def test_a_suffixed_dn_and_the_send_recording_its_ref_serialise(
     assert (await hook).status_code == 200
     m = await message(engine, message_id)
     assert (m["status"], m["dn_count"]) == ("delivered", 1)
+
+
+async def test_dns_sharing_a_cut_do_not_wait_for_each_other(
+    db_url: str, relay: Relay, engine: AsyncEngine
+) -> None:
+    """The cuts are locked shared: a batch holding `Q-1-0` open (cuts `Q-1`, `Q`) does not
+    hold up `Q-2.0602-0` (cuts `Q-2.0602`, `Q-2`, `Q`), another message's DN."""
+    first, second = await add_message(engine, "Q-1"), await add_message(engine, "Q-2")
+    open_batch = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        await begin_and_store(open_batch, [dn("Q-1-0", "UNDELIVERED", "501")])
+        params = {"msgid": "Q-2.0602-0", "status": "DELIVERED", "error-code": "0"}
+        async with asyncio.timeout(5):
+            assert (await relay.client.get(HOOK, params=params)).status_code == 200
+        await open_batch.execute("COMMIT")
+    finally:
+        await open_batch.close()
+
+    assert (await message(engine, first))["status"] == "undelivered"
+    assert (await message(engine, second))["status"] == "delivered"
 
 
 async def test_dn_556_is_stored_and_counted_but_not_final(
