@@ -21,9 +21,9 @@ from app.deps import State, refusal_before_dependencies
 from app.errors import install_error_handlers
 from app.messages.endpoints import router as messages_router
 from app.messages.late_answers import LateAnswers
-from app.notifications.endpoints import DNHookFastPath
-from app.notifications.endpoints import hook_router as dn_hook_router
 from app.notifications.endpoints import router as notifications_router
+from app.notifications.hook import DNHookFastPath
+from app.notifications.hook import hook_router as dn_hook_router
 from app.notifications.writer import DNWriter
 from app.ops.docs import install_offline_docs
 from app.ops.endpoints import router as ops_router

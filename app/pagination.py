@@ -5,7 +5,9 @@ a page, and the next page is every row strictly before it. Rows inserted while a
 are newer than the first page's key, so they never shift later pages (no skip, no repeat),
 unlike OFFSET.
 
-Format: base64url (no padding) of `v1.<microseconds since the epoch, UTC>.<id>`. It is not
+Format: base64url (no padding) of `<list>.<microseconds since the epoch, UTC>.<id>`, where
+`<list>` names the list that issued it (`v1`: messages, `dn1`: delivery notifications), so a
+cursor from one list is refused by another rather than read as a position in it. It is not
 signed: lookups are not scoped per API key, so a hand-made cursor can only move where a page
 starts, which the filters already allow. It is validated strictly instead: anything that is
 not exactly a cursor this module wrote is a 400 `invalid_cursor`, never a 500 or a silently
@@ -26,7 +28,9 @@ from sqlalchemy import ColumnElement, literal, tuple_
 from app.errors import AppError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PAYLOAD = re.compile(r"^v1\.(-?[0-9]{1,18})\.([0-9]{1,19})$")
+_PAYLOAD = re.compile(r"^([a-z0-9]{1,8})\.(-?[0-9]{1,18})\.([0-9]{1,19})$")
+MESSAGES = "v1"
+DELIVERY_NOTIFICATIONS = "dn1"
 _MAX_ID = 2**63 - 1  # a BIGINT: larger would fail in the database, not here
 _MAX_CURSOR_LEN = 64
 
@@ -39,17 +43,18 @@ class Cursor:
     id: int
 
 
-def encode_cursor(at: datetime, id_: int) -> str:
+def encode_cursor(at: datetime, id_: int, list_: str = MESSAGES) -> str:
     if at.tzinfo is None:
         raise ValueError("cursor timestamps must be timezone-aware")
     delta = at.astimezone(UTC) - _EPOCH
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    raw = f"v1.{micros}.{id_}".encode()
+    raw = f"{list_}.{micros}.{id_}".encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(value: str) -> Cursor:
-    """Parse a cursor from a query string; 400 `invalid_cursor` unless it is well-formed."""
+def decode_cursor(value: str, list_: str = MESSAGES) -> Cursor:
+    """Parse a cursor from a query string; 400 `invalid_cursor` unless it is well-formed and
+    issued by this list."""
     invalid = AppError(400, "invalid_cursor", "cursor: not a cursor returned by this API")
     if not value or len(value) > _MAX_CURSOR_LEN:
         raise invalid
@@ -63,9 +68,9 @@ def decode_cursor(value: str) -> Cursor:
     if base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode() != value:
         raise invalid
     match = _PAYLOAD.match(raw)
-    if match is None:
+    if match is None or match.group(1) != list_:
         raise invalid
-    micros, id_ = int(match.group(1)), int(match.group(2))
+    micros, id_ = int(match.group(2)), int(match.group(3))
     if id_ > _MAX_ID:
         raise invalid
     try:

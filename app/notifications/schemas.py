@@ -1,24 +1,59 @@
-"""Response shapes of the DN listing and the error-code tables (the hook itself has none)."""
+"""Response shapes of the DN listing and the error-code tables (the hook itself has none).
+
+`DeliveryNotificationOut` is the one shape of a DN, in the listing and in a message's
+`notifications`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Self
 
 from pydantic import BaseModel, Field
 
-from app.bulk360.codes import ErrorCategory
+from app.bulk360.codes import NON_FINAL_DN_CODES, ErrorCategory, message_error_category
+from app.models import DeliveryNotification
+
+_FINAL = {"DELIVERED": "delivered", "UNDELIVERED": "undelivered"}
+
+
+def dn_error_category(status: str, error_code: str | None) -> ErrorCategory:
+    """A DN's category: its message's, were this DN its last (app/delivery.py's rule)."""
+    final = _FINAL.get(status.upper()) if error_code not in NON_FINAL_DN_CODES else None
+    return message_error_category(final or "pending", error_code, None)
 
 
 class DeliveryNotificationOut(BaseModel):
+    """One DN as received; `seq` is its receipt order (a database sequence)."""
+
     id: int
     seq: int = Field(description="Receipt sequence (the row id): the order DNs were received in.")
-    msgid: str
+    msgid: str = Field(description="As received (`<ref>-0` and the like included).")
     status: str = Field(description="The DN status exactly as received, e.g. DELIVERED.")
     error_code: str | None = Field(description="Normalised: `0` and `000` are both `000`.")
     error_description: str | None
+    error_category: ErrorCategory = Field(description="What can be done about it (§4.6).")
     msisdn: str | None
     received_at: datetime
-    message_id: int | None = Field(description="The message whose ref is `msgid`; null if none.")
+    message_id: int | None = Field(
+        description="The message whose ref is `msgid` (or `msgid` less a `-`/`.` suffix); "
+        "null while there is none."
+    )
+
+    @classmethod
+    def from_row(cls, row: DeliveryNotification) -> Self:
+        return cls(
+            id=row.id,
+            seq=row.id,
+            msgid=row.msgid,
+            status=row.status,
+            error_code=row.error_code,
+            error_description=row.error_description,
+            error_category=dn_error_category(row.status, row.error_code),
+            msisdn=row.msisdn,
+            received_at=row.received_at,
+            message_id=row.message_id,
+        )
 
 
 class DeliveryNotificationPage(BaseModel):
@@ -39,12 +74,13 @@ class DeliveryNotificationPage(BaseModel):
                             "status": "UNDELIVERED",
                             "error_code": "501",
                             "error_description": "Absent subscriber",
+                            "error_category": "temporary",
                             "msisdn": "60123240066",
                             "received_at": "2026-11-24T20:00:00.123456+00:00",
                             "message_id": None,
                         }
                     ],
-                    "next_cursor": "ZG4xOjQy",
+                    "next_cursor": "djEuMTc5NTU1MTMwMjk5ODAxMi40Mg",
                 }
             ]
         }

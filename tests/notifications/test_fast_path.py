@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
 from app.models import DeliveryNotification
-from app.notifications.endpoints import DNHookFastPath
+from app.notifications.hook import DNHookFastPath
 from tests.conftest import DN_TOKEN, Relay
 
 

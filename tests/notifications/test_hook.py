@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.main import create_app
-from app.notifications.endpoints import _BadDN, _urlencoded_fields
+from app.notifications.inbound import BadDN, urlencoded_fields
 from tests.conftest import DN_TOKEN, Relay, relay_settings
 from tests.notifications.helpers import add_message, dns, message, record_refs
 
@@ -333,8 +333,8 @@ def test_query_fast_path_reads_what_parse_qsl_reads(query: str) -> None:
     except UnicodeDecodeError:
         expected = "invalid_encoding"
     try:
-        got: object = _urlencoded_fields(query.encode(), "query string")
-    except _BadDN as exc:
+        got: object = urlencoded_fields(query.encode(), "query string")
+    except BadDN as exc:
         got = exc.code
 
     assert got == expected

@@ -288,11 +288,13 @@ async def test_listing_unmatched_msgid_and_keyset_pages(relay: Relay, engine: As
         "status",
         "error_code",
         "error_description",
+        "error_category",
         "msisdn",
         "received_at",
         "message_id",
     }
     assert item["seq"] == item["id"]
+    assert item["error_category"] == "none"  # DELIVERED, 000
 
     unmatched = (
         await relay.client.get("/v1/delivery-notifications", params={"unmatched": "true"})
