@@ -4,16 +4,23 @@ through the DN writer's batch and the send path's attaching of waiting DNs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.bulk360.simulator import Simulator, SimulatorConfig
 from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, suffix_candidates
+from app.main import create_app
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import InboundDN
-from tests.conftest import DN_TOKEN, Relay
+from tests.conftest import DN_TOKEN, TEST_API_KEY, Relay, relay_settings
 from tests.notifications.helpers import (
     add_message,
     begin_recording_refs,
@@ -23,8 +30,10 @@ from tests.notifications.helpers import (
     record_refs,
 )
 from tests.notifications.test_writer import lock_waiters, until
+from tests.servers import bound_socket, serve_in_loop
 
 HOOK = f"/dn/{DN_TOKEN}"
+AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
 MULTI = "E2104yMYer2weOB-X46dBlYa79"  # a multi-recipient ref (the provider doc's)
 SINGLE = "E210446dBNyMYd7"
 
@@ -224,3 +233,92 @@ async def test_attaching_waiting_dns_applies_the_556_rule_too(
 
     m = await message(engine, message_id)
     assert (m["status"], m["dn_count"], m["delivery_status"]) == ("pending", 1, "UNDELIVERED")
+
+
+# ---- end to end: the simulator's suffixed DNs (3005: `<ref>-0`, 3006: `<ref>.0602-0`) -------
+
+
+@contextlib.asynccontextmanager
+async def relay_and_simulator(db_url: str, **sim: Any) -> AsyncIterator[tuple[str, Simulator]]:
+    """The relay on a real socket, and a simulator posting its DNs to it."""
+    sock = bound_socket()
+    relay_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    simulator = Simulator(SimulatorConfig(dn_url=relay_url + HOOK, **sim))
+    upstream = await simulator.start()
+    try:
+        async with serve_in_loop(create_app(relay_settings(db_url, upstream)), sock):
+            yield relay_url, simulator
+    finally:
+        await simulator.stop()
+
+
+async def _statuses(engine: AsyncEngine) -> dict[str, tuple[str, int]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT msisdn, status, dn_count FROM messages"))
+        return {row.msisdn: (row.status, row.dn_count) for row in rows}
+
+
+SUFFIXED = ["60199993005", "60199993006", "60123240066"]
+
+
+async def test_simulator_suffixed_dns_end_delivered(db_url: str, engine: AsyncEngine) -> None:
+    """The DNs arrive after the send's answer was recorded: the writer's batch matches them."""
+    async with (
+        relay_and_simulator(db_url, dn_delay_s=0.3) as (url, simulator),
+        httpx.AsyncClient(base_url=url, headers=AUTH) as client,
+    ):
+        response = await client.post("/v1/messages", json={"to": SUFFIXED, "text": "x"})
+        assert response.status_code == 201, response.text
+        await simulator.wait_dns_sent()
+
+    msgids = sorted(d["msgid"] for d in await dns(engine))
+    refs = {m["to"]: m["ref"] for m in response.json()["messages"]}
+    assert msgids == sorted(
+        [f"{refs['60199993005']}-0", f"{refs['60199993006']}.0602-0", refs["60123240066"]]
+    )
+    assert await _statuses(engine) == {n: ("delivered", 1) for n in SUFFIXED}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app/messages records its answer with an exact-msgid EXISTS; it must use "
+    "app.delivery.waiting_dns_exist (then delete this marker)",
+)
+async def test_simulator_suffixed_dns_that_beat_the_answer_end_delivered(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """The simulator holds its answer (0900) and posts the DNs at once: they are stored
+    unmatched, and the send attaches them when it records the refs."""
+    async with (
+        relay_and_simulator(db_url, dn_delay_s=0.0, slow_s=0.5) as (url, simulator),
+        httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client,
+    ):
+        to = ["60199990900", *SUFFIXED]
+        response = await client.post("/v1/messages", json={"to": to, "text": "x"})
+        assert response.status_code == 201, response.text
+        await simulator.wait_dns_sent()
+
+    assert len(await dns(engine)) == 4
+    assert await _statuses(engine) == {n: ("delivered", 1) for n in to}
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        ("UNDELIVERED", "556", "expired"),  # buffered: still nothing final
+        ("ACCEPTED", "000", "expired"),  # not a final status
+        ("DELIVERED", "000", "delivered"),  # a DN after the deadline still decides
+        ("UNDELIVERED", "501", "undelivered"),
+    ],
+)
+async def test_an_expired_message_stays_expired_until_a_final_dn(
+    relay: Relay, engine: AsyncEngine, status: str, code: str, expected: str
+) -> None:
+    message_id = await add_message(engine, "silent", status="expired")
+
+    params = {"msgid": "silent-0", "status": status, "error-code": code}  # suffixed, too
+    assert (await relay.client.get(HOOK, params=params)).status_code == 200
+
+    m = await message(engine, message_id)
+    assert (m["status"], m["dn_count"]) == (expected, 1)
+    assert (m["final_at"] is not None) == (expected != "expired")
