@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = structlog.get_logger("app.errors")
 
@@ -116,6 +117,8 @@ def install_error_handlers(
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:
             return refused(request) or http_error_response(exc)
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
         return http_error_response(exc)
 
     @app.exception_handler(DBAPIError)
@@ -130,6 +133,23 @@ def install_error_handlers(
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         return unexpected_error_response(exc)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path serves: Starlette's 405 names only the first route matching the
+    path, though another route may serve the same path with other methods. Asked of the
+    router itself (routers nest), one method at a time: only 405s pay for it."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 def unexpected_error_response(exc: Exception) -> JSONResponse:

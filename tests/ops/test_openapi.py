@@ -1,17 +1,19 @@
 """`/docs`: the lookup and operations endpoints are documented with summaries, examples and
-the one error shape."""
+the one error shape; the document is one schemathesis accepts (every path parameter declared,
+an example for every `/v1` operation), and a 405 names every method of its path.
+
+The whole document is exercised by schemathesis against a served relay (`--checks all`), by
+hand: see the commands in docs/architecture.md's "OpenAPI" note.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from tests.conftest import Relay
-
-# The DN hook's GET and POST share one operation id (app/notifications/endpoints.py); until it
-# gets one per method, building the schema warns. Not what these tests pin.
-pytestmark = pytest.mark.filterwarnings("ignore:Duplicate Operation ID dn_hook")
+from tests.conftest import DN_TOKEN, Relay
 
 DOCUMENTED = {
     ("get", "/v1/messages/{ref}"): {"401", "404", "422", "503"},
@@ -80,3 +82,42 @@ async def test_list_filters_are_documented_with_limits(spec: dict[str, Any]) -> 
         "rejected",
         "unknown",
     }
+
+
+def test_every_path_parameter_is_declared(spec: dict[str, Any]) -> None:
+    """schemathesis refuses a document whose template names an undeclared parameter."""
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert set(re.findall(r"{([^}]+)}", path)) == declared, (method, path)
+    tokens = [p for p in spec["paths"]["/dn/{token}"]["post"]["parameters"] if p["name"] == "token"]
+    assert tokens and tokens[0]["required"] is True
+
+
+def test_every_v1_operation_has_an_example(spec: dict[str, Any]) -> None:
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            success = next(code for code in operation["responses"] if code.startswith("2"))
+            assert has_example(spec, operation["responses"][success]), (method, path)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/v1/messages", {"GET", "POST"}),
+        ("DELETE", "/v1/messages", {"GET", "POST"}),
+        ("PUT", f"/dn/{DN_TOKEN}", {"GET", "POST"}),
+        ("PATCH", "/dn/wrong-token", {"GET", "POST"}),
+        ("POST", "/v1/error-codes", {"GET"}),
+    ],
+)
+async def test_405_allows_every_method_of_the_path(
+    relay: Relay, method: str, path: str, allowed: set[str]
+) -> None:
+    response = await relay.client.request(method, path)
+
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == allowed
