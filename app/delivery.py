@@ -33,7 +33,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from app.bulk360.codes import DN_STATUSES, NON_FINAL_DN_CODES
+from app.bulk360.codes import DN_STATUSES, NON_FINAL_DN_CODES, ErrorCategory, message_error_category
 
 # A msgid is cut at its last few separators only: real ones carry one or two suffixes
 # (`-0`, `.0602-0`) after a ref with at most one `-`; a longer run is not worth a lock each.
@@ -139,6 +139,13 @@ _DN_LOCK_SQL = (
     " FROM (SELECT * FROM unnest('{{{keys}}}'::bigint[], '{{{modes}}}'::bool[]) AS u(k, x)"
     " ORDER BY 1) AS s"
 )
+
+
+def category_of_dn(status: str, error_code: str | None) -> ErrorCategory:
+    """A DN's error category: its message's, were this DN its last (a non-final DN leaves the
+    message as it was, `pending` in the common case)."""
+    final = status.upper() in DN_STATUSES and error_code not in NON_FINAL_DN_CODES
+    return message_error_category(status.lower() if final else "pending", error_code, None)
 
 
 def candidate_refs(msgid: str) -> list[str]:

@@ -14,8 +14,9 @@ import phonenumbers
 from markupsafe import Markup
 from phonenumbers import timezone as phone_timezones
 
-from app.bulk360.codes import message_error_category, message_status_for_dn
+from app.bulk360.codes import message_error_category
 from app.console.repository import MessageFilter
+from app.delivery import category_of_dn
 from app.errors import AppError
 from app.messages.lookup import normalise_to
 from app.messages.lookup_schemas import Channel, MessageStatus
@@ -284,8 +285,7 @@ def _csv_safe(value: str | None) -> str:
 
 def dn_category(dn: DeliveryNotification) -> str:
     """A DN's error category, read as the message status it maps to (as the API does)."""
-    status = message_status_for_dn(dn.status) or "unknown"
-    return str(message_error_category(status, dn.error_code, None))
+    return str(category_of_dn(dn.status, dn.error_code))
 
 
 def message_category(m: Message) -> str:

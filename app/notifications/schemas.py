@@ -11,16 +11,9 @@ from typing import Self
 
 from pydantic import BaseModel, Field
 
-from app.bulk360.codes import NON_FINAL_DN_CODES, ErrorCategory, message_error_category
+from app.bulk360.codes import ErrorCategory
+from app.delivery import category_of_dn
 from app.models import DeliveryNotification
-
-_FINAL = {"DELIVERED": "delivered", "UNDELIVERED": "undelivered"}
-
-
-def dn_error_category(status: str, error_code: str | None) -> ErrorCategory:
-    """A DN's category: its message's, were this DN its last (app/delivery.py's rule)."""
-    final = _FINAL.get(status.upper()) if error_code not in NON_FINAL_DN_CODES else None
-    return message_error_category(final or "pending", error_code, None)
 
 
 class DeliveryNotificationOut(BaseModel):
@@ -49,7 +42,7 @@ class DeliveryNotificationOut(BaseModel):
             status=row.status,
             error_code=row.error_code,
             error_description=row.error_description,
-            error_category=dn_error_category(row.status, row.error_code),
+            error_category=category_of_dn(row.status, row.error_code),
             msisdn=row.msisdn,
             received_at=row.received_at,
             message_id=row.message_id,
