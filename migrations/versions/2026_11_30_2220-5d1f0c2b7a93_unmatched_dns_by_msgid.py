@@ -1,7 +1,7 @@
 """unmatched DNs by msgid, in byte order (suffixed msgids)
 
 Revision ID: 5d1f0c2b7a93
-Revises: 02aab3674a5e
+Revises: a63030eba60a
 Create Date: 2026-11-30 22:20:00+00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5d1f0c2b7a93"
-down_revision: str | None = "02aab3674a5e"
+down_revision: str | None = "a63030eba60a"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
