@@ -29,6 +29,7 @@ from app.ops.docs import install_offline_docs
 from app.ops.endpoints import router as ops_router
 from app.ops.logging import configure_logging
 from app.ops.middleware import RequestMiddleware
+from app.outcomes.endpoints import router as outcomes_router
 from app.outcomes.sweeps import Sweeper
 
 log = structlog.get_logger("app")
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     app.include_router(dn_hook_router)
     app.include_router(messages_router)
     app.include_router(notifications_router)
+    app.include_router(outcomes_router)
     app.include_router(ops_router)
     install_offline_docs(app)
     install_console(app)

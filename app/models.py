@@ -16,11 +16,13 @@ from decimal import Decimal
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     ForeignKey,
     Index,
     Integer,
     Numeric,
     String,
+    Table,
     Text,
     text,
 )
@@ -132,3 +134,41 @@ class ProviderBalance(Base):
     # Numeric with no scale keeps the provider's digits ("187.9236" stays "187.9236").
     amount: Mapped[Decimal] = mapped_column(Numeric)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def _stats_columns() -> list[Column[object]]:
+    """The key of a statistics row (what `GET /v1/stats` groups and filters by) and its sums."""
+    return [
+        Column("hour", UTCDateTime, nullable=False),  # of messages.created_at, in UTC
+        Column("api_key_name", String(64), nullable=False),
+        Column("channel", String(16), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("error_code", String(16)),  # the last DN's
+        Column("submit_code", Integer),  # the provider's answer to the send
+        Column("currency", String(8)),
+        Column("messages", BigInteger, nullable=False),
+        Column("spend", Numeric, nullable=False),  # sum of the parsed `rate`s
+    ]
+
+
+# The statistics rollup (app/outcomes/stats.py): messages counted per hour of creation and key.
+# Statement triggers on `messages` append signed deltas (one row per key a statement changed,
+# never an update of a shared row); the sweeper folds them into the hourly table.
+message_stats_hourly = Table(
+    "message_stats_hourly",
+    Base.metadata,
+    *_stats_columns(),
+    Index(
+        "uq_message_stats_hourly_key",
+        "hour",
+        "api_key_name",
+        "channel",
+        "status",
+        "error_code",
+        "submit_code",
+        "currency",
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    ),
+)
+message_stats_deltas = Table("message_stats_deltas", Base.metadata, *_stats_columns())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,11 +29,11 @@ def advisory_key(name: str) -> int:
 async def try_lock(conn: AsyncConnection, name: str, *, wait: bool = False) -> bool:
     """Take this sweep kind's lock until the transaction ends: False if another process holds
     it, or (`wait`) once that process's transaction ends."""
-    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-    locked = await conn.scalar(
-        text(f"SELECT {function}(:key) IS NOT false"), {"key": advisory_key(name)}
-    )
-    return bool(locked)
+    key = {"key": advisory_key(name)}
+    if wait:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), key)
+        return True
+    return bool(await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), key))
 
 
 # ---- expiry ------------------------------------------------------------------------------------
@@ -173,3 +174,115 @@ async def purge_keys_batch(conn: AsyncConnection, now: datetime) -> int:
 async def count_prunable(conn: AsyncConnection, cutoff: datetime, now: datetime) -> PruneCounts:
     row = (await conn.execute(_COUNT_PRUNABLE, {"cutoff": cutoff, "now": now})).one()
     return PruneCounts(*(int(v) for v in row))
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+# Fold the appended deltas into the hourly rollup (one process at a time: the caller holds the
+# stats lock). DELETE ... RETURNING takes exactly the deltas this snapshot sees; a writer's
+# uncommitted deltas stay for the next pass. Returns the hours left with all-zero rows.
+_COMPACT = text(
+    """
+WITH moved AS (
+    DELETE FROM message_stats_deltas
+    RETURNING hour, api_key_name, channel, status, error_code, submit_code, currency,
+              messages, spend
+), folded AS (
+    INSERT INTO message_stats_hourly AS h
+        (hour, api_key_name, channel, status, error_code, submit_code, currency, messages, spend)
+    SELECT hour, api_key_name, channel, status, error_code, submit_code, currency,
+           sum(messages), sum(spend)
+    FROM moved
+    GROUP BY hour, api_key_name, channel, status, error_code, submit_code, currency
+    ON CONFLICT (hour, api_key_name, channel, status, error_code, submit_code, currency)
+    DO UPDATE SET messages = h.messages + excluded.messages, spend = h.spend + excluded.spend
+    RETURNING h.hour, h.messages, h.spend
+)
+SELECT (SELECT count(*) FROM moved) AS deltas,
+       ARRAY(SELECT DISTINCT hour FROM folded WHERE messages = 0 AND spend = 0) AS empty_hours
+"""
+)
+_DROP_EMPTY = text(
+    "DELETE FROM message_stats_hourly WHERE hour = ANY(:hours) AND messages = 0 AND spend = 0"
+)
+
+
+async def compact_stats(conn: AsyncConnection) -> int:
+    """Fold the deltas into the hourly rollup; how many delta rows were folded."""
+    deltas, empty_hours = (await conn.execute(_COMPACT)).one()
+    if empty_hours:
+        await conn.execute(_DROP_EMPTY, {"hours": list(empty_hours)})
+    return int(deltas)
+
+
+# Whole hours from the rollup (and the deltas not folded yet), the partial hours at either
+# end from the messages themselves; one statement, so one snapshot: a delta being folded is
+# counted once, before or after. Grouped by bucket start (date_bin from `origin`).
+_STATS_FILTERS = """
+      AND (CAST(:api_key_name AS text) IS NULL OR api_key_name = :api_key_name)
+      AND (CAST(:channel AS text) IS NULL OR channel = :channel)"""
+_STATS = text(
+    f"""
+SELECT date_bin(:stride, at, :origin) AS bucket, status, error_code,
+       submit_code, currency, sum(n) AS messages, sum(amount) AS spend
+FROM (
+    SELECT hour AS at, status, error_code, submit_code, currency, messages AS n, spend AS amount
+    FROM message_stats_hourly
+    WHERE hour >= :hours_from AND hour < :hours_to{_STATS_FILTERS}
+    UNION ALL
+    SELECT hour, status, error_code, submit_code, currency, messages, spend
+    FROM message_stats_deltas
+    WHERE hour >= :hours_from AND hour < :hours_to{_STATS_FILTERS}
+    UNION ALL
+    SELECT created_at, status, error_code, submit_code, currency, 1, message_stats_rate(rate)
+    FROM messages
+    WHERE ((created_at >= :head_from AND created_at < :head_to)
+           OR (created_at >= :tail_from AND created_at < :tail_to)){_STATS_FILTERS}
+) AS counted
+GROUP BY 1, 2, 3, 4, 5
+HAVING sum(n) <> 0
+"""  # noqa: S608 - fixed text only
+)
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    bucket: datetime
+    status: str
+    error_code: str | None
+    submit_code: int | None
+    currency: str | None
+    messages: int
+    spend: Decimal
+
+
+@dataclass(frozen=True)
+class StatsSpans:
+    """[since, until) cut into whole UTC hours (the rollup) and the partial hours at each end."""
+
+    hours_from: datetime
+    hours_to: datetime
+    head_from: datetime
+    head_to: datetime
+    tail_from: datetime
+    tail_to: datetime
+
+
+async def stats_rows(
+    conn: AsyncConnection,
+    spans: StatsSpans,
+    *,
+    stride: timedelta,
+    origin: datetime,
+    api_key_name: str | None,
+    channel: str | None,
+) -> list[StatsRow]:
+    params = {
+        **spans.__dict__,
+        "stride": stride,
+        "origin": origin,
+        "api_key_name": api_key_name,
+        "channel": channel,
+    }
+    result = await conn.execute(_STATS, params)
+    return [StatsRow(*row) for row in result]

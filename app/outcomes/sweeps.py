@@ -33,7 +33,7 @@ from app.db import utcnow
 from app.errors import is_database_unavailable
 from app.ops.metrics import SWEEP_ROWS, SWEEP_SECONDS
 from app.outcomes import repository as repo
-from app.outcomes import retention
+from app.outcomes import retention, stats
 from app.outcomes.repository import PruneCounts
 
 log = structlog.get_logger("app.sweeps")
@@ -44,6 +44,7 @@ class SweepReport:
     """What one pass did."""
 
     expired: int = 0
+    stats_deltas: int = 0  # delta rows folded into the statistics rollup
     pruned: PruneCounts = field(default_factory=PruneCounts)
 
 
@@ -84,6 +85,7 @@ class Sweeper:
         async with self._pass_lock:
             report = SweepReport()
             report.expired = await self._timed("expiry", self.expire)
+            report.stats_deltas = await self._timed("stats", lambda: stats.compact(self._engine))
             now = utcnow()
             if self._retention_days is not None:
                 cutoff = retention.cutoff_for(now, self._retention_days)
