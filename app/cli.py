@@ -1,4 +1,4 @@
-"""The `bulk360-relay` command: serve, migrate, simulator, keygen, --version."""
+"""The `bulk360-relay` command: serve, migrate, simulator, keygen, prune, --version."""
 
 from __future__ import annotations
 
@@ -128,6 +128,31 @@ def keygen(
     key = "b360_" + secrets.token_urlsafe(32)
     typer.echo(f"API key (shown once, give it to the calling service): {key}")
     typer.echo(f"API_KEYS entry: {name}:{hash_api_key(key)}")
+
+
+@cli.command()
+def prune(
+    older_than: Annotated[
+        float,
+        typer.Option(
+            "--older-than",
+            min=0,
+            help="Days (decimals allowed): delete messages created, and unmatched DNs "
+            "received, longer ago than this.",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+) -> None:
+    """Delete old messages with their DNs and callback events, old unmatched DNs and expired
+    Idempotency-Keys, at most 10,000 rows per transaction; print what was deleted."""
+    import asyncio
+
+    from app.outcomes.retention import prune_command
+
+    settings = _settings()
+    typer.echo(asyncio.run(prune_command(settings.database_url, older_than, dry_run=dry_run)))
 
 
 def main() -> None:

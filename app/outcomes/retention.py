@@ -87,3 +87,34 @@ async def _in_batches(
                 return
             if not await batch(conn):
                 return
+
+
+def render(counts: PruneCounts, *, dry_run: bool, cutoff: datetime, days: float) -> str:
+    """What `bulk360-relay prune` prints: the same lines for a dry run and the real one."""
+    lines = [
+        f"{'would delete' if dry_run else 'deleted'} (messages created and unmatched DNs "
+        f"received before {cutoff.isoformat()}, older than {days:g} days; expired "
+        "Idempotency-Keys):",
+        f"  messages: {counts.messages}",
+        f"  delivery notifications of those messages: {counts.delivery_notifications}",
+        f"  unmatched delivery notifications: {counts.unmatched_delivery_notifications}",
+        f"  expired idempotency keys: {counts.idempotency_keys}",
+    ]
+    return "\n".join(lines)
+
+
+async def prune_command(database_url: str, days: float, *, dry_run: bool) -> str:
+    """`bulk360-relay prune --older-than DAYS [--dry-run]`: what it deleted (or would)."""
+    from app.db import create_engine, utcnow
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        now = utcnow()
+        cutoff = cutoff_for(now, days)
+        if dry_run:
+            counts = await preview(engine, cutoff, now)
+        else:
+            counts = await prune(engine, cutoff, now, wait=True)
+        return render(counts, dry_run=dry_run, cutoff=cutoff, days=days)
+    finally:
+        await engine.dispose()
