@@ -146,7 +146,7 @@ def prune(
     ] = False,
 ) -> None:
     """Delete old messages with their DNs and callback events, old unmatched DNs and expired
-    Idempotency-Keys, at most 10,000 rows per transaction; print what was deleted."""
+    Idempotency-Keys, at most 2,000 rows per transaction; print what was deleted."""
     import asyncio
 
     from app.outcomes.retention import prune_command

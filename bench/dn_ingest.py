@@ -4,6 +4,9 @@
     .venv/bin/python bench/dn_ingest.py -n 100000 --skip-baselines   # RSS growth over 100k DNs
     .venv/bin/python bench/dn_ingest.py --profile 10         # + py-spy on the relay (needs py-spy)
     .venv/bin/python bench/dn_ingest.py --workers 2          # the relay with 2 uvicorn workers
+    .venv/bin/python bench/dn_ingest.py --old-messages 500000 --prune-during
+                                             # while `bulk360-relay prune` deletes 500,000
+                                             # 40-day-old messages and their DNs
 
 What it does, in one run:
 1. creates a throw-away database on BENCH_DATABASE_URL's server (default
@@ -380,6 +383,17 @@ def run_relay(
             stderr=subprocess.STDOUT,
             text=True,
         )
+        prune = None
+        if args.prune_during:
+            prune_started = time.monotonic()
+            prune = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "prune", "--older-than", "30"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         # Until every DN is answered, or answers stop coming (a request wrk never sent).
         seen, last_change = 0.0, time.monotonic()
         while wrk.poll() is None:
@@ -394,8 +408,18 @@ def run_relay(
         time.sleep(0.3)  # the last answers are on their way to wrk
         if wrk.poll() is None:
             wrk.send_signal(signal.SIGINT)
+        wrk_done = time.monotonic()
+        prune_finished_first = prune is not None and prune.poll() is not None
         out, _ = wrk.communicate(timeout=60)
         result = wrk_json(out)
+        if prune is not None:
+            pruned, _ = prune.communicate(timeout=600)
+            print(pruned.strip())
+            print(
+                f"prune: {'finished' if prune_finished_first else 'still running'} when the "
+                f"last DN was answered, {wrk_done - prune_started:.1f} s after the prune started"
+                f" ({time.monotonic() - prune_started:.1f} s to its end)"
+            )
         if profiler is not None:
             profiler.wait(timeout=args.profile + 30)
             result["profile"] = str(tmp / "profile.txt")  # type: ignore[assignment]
@@ -486,21 +510,47 @@ async def checkpoint(dsn: str) -> None:
         await conn.close()
 
 
+async def seed_old(conn: asyncpg.Connection, count: int) -> None:
+    """`count` delivered messages and their DN, 40 days old: what a prune deletes."""
+    started = time.perf_counter()
+    await conn.execute(
+        """
+        WITH m AS (
+            INSERT INTO messages (send_id, api_key_name, channel, msisdn, ref, status,
+                                  delivery_status, error_code, dn_count, created_at,
+                                  updated_at)
+            SELECT 'old', 'bench', 'sms', '60123240066', 'old-' || g, 'delivered',
+                   'DELIVERED', '000', 1, now() - interval '40 days', now() - interval '40 days'
+            FROM generate_series(1, $1::int) AS g
+            RETURNING id, ref)
+        INSERT INTO delivery_notifications
+            (msgid, status, error_code, message_id, raw, received_at)
+        SELECT ref, 'DELIVERED', '000', id, '{}', now() - interval '40 days' FROM m
+        """,
+        count,
+    )
+    print(f"seeded {count:,} old messages with a DN each in {time.perf_counter() - started:.1f}s")
+
+
+# The DNs of this run only (seed_old's are 40 days old, and may be pruned meanwhile).
+_THIS_RUN = "received_at > now() - interval '1 day'"
+
+
 async def verify(dsn: str) -> dict[str, float]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetchval("SELECT count(*) FROM delivery_notifications")
+        rows = await conn.fetchval(f"SELECT count(*) FROM delivery_notifications WHERE {_THIS_RUN}")
         wrong = await conn.fetchval(
             """
             SELECT count(*) FROM messages m
             JOIN LATERAL (SELECT * FROM delivery_notifications d WHERE d.message_id = m.id
                           ORDER BY d.id DESC LIMIT 1) d ON true
-            WHERE m.last_dn_seq <> d.id
+            WHERE m.created_at > now() - interval '1 day' AND (m.last_dn_seq <> d.id
                OR m.delivery_status IS DISTINCT FROM d.status
                OR m.error_code IS DISTINCT FROM d.error_code
                OR m.status <> lower(d.status)
                OR m.dn_count <> (SELECT count(*) FROM delivery_notifications x
-                                 WHERE x.message_id = m.id)
+                                 WHERE x.message_id = m.id))
             """
         )
         unattached = await conn.fetchval(
@@ -510,6 +560,7 @@ async def verify(dsn: str) -> dict[str, float]:
         span, first = await conn.fetchrow(
             "SELECT extract(epoch FROM max(received_at) - min(received_at)),"
             " extract(epoch FROM min(received_at)) FROM delivery_notifications"
+            f" WHERE {_THIS_RUN}"
         )
         return {
             "rows": rows,
@@ -558,6 +609,14 @@ async def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="relay worker processes (baselines keep 1)"
     )
+    parser.add_argument(
+        "--old-messages", type=int, default=0, help="also seed N 40-day-old messages, a DN each"
+    )
+    parser.add_argument(
+        "--prune-during",
+        action="store_true",
+        help="run `bulk360-relay prune --older-than 30` while the DNs arrive",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get update && apt-get install -y wrk")
@@ -573,6 +632,8 @@ async def main() -> None:
             " 0, now(), now() FROM unnest($1::text[]) AS r",
             refs,
         )
+        if args.old_messages:
+            await seed_old(conn, args.old_messages)
         # As a live database would have them: planner statistics for the seeded tables
         # (without, the first batches' plans scan `messages` until autovacuum catches up).
         await conn.execute("ANALYZE messages")

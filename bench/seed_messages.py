@@ -1,7 +1,7 @@
 """Seed 1,000,000 messages on Postgres and show the lookup plans (EXPLAIN ANALYZE, BUFFERS).
 
     .venv/bin/python bench/seed_messages.py [--url postgresql+asyncpg://postgres@127.0.0.1:5432/relay_bench]
-                                            [--count 1000000] [--reuse]
+                                            [--count 1000000] [--reuse] [--stats]
 
 Creates the database if missing, migrates it to head, fills `messages` with one
 INSERT ... SELECT FROM generate_series (about 30 days of traffic, 2.6 s apart; 200,000 phones
@@ -9,7 +9,8 @@ with ~5 messages each, plus one busy phone, 60123240066, with every 100th messag
 then runs the exact queries `GET /v1/messages` builds (`app.messages.lookup.message_query`)
 under EXPLAIN (ANALYZE, BUFFERS) and prints each plan, then times each query through
 SQLAlchemy (median of 50 runs). `--reuse` skips seeding when the table already holds `--count`
-rows.
+rows. `--stats`: `GET /v1/stats` instead (bench/stats_queries.py): its statement's plan and
+timings for the last 24 h and 30 days, beside the same figures counted from `messages` alone.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ async def seed(conn: AsyncConnection, count: int, end_at: datetime) -> None:
     print(f"seeded {count:,} messages in {time.perf_counter() - started:.1f}s")
     await conn.execute(text("ANALYZE messages"))
     await conn.commit()
+    # The statistics rollup: the seed's deltas folded, as the sweeper would.
+    started = time.perf_counter()
+    await conn.execute(text("SELECT 1"))  # a fresh transaction for compact's own
+    await conn.commit()
+    from app.outcomes.stats import compact
+
+    assert conn.engine is not None
+    folded = await compact(conn.engine)
+    print(f"folded {folded:,} statistics deltas in {time.perf_counter() - started:.1f}s")
 
 
 async def explain(conn: AsyncConnection, title: str, query: Select[Any]) -> None:
@@ -125,6 +135,7 @@ async def main() -> None:
     parser.add_argument("--url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/relay_bench")
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--stats", action="store_true", help="time GET /v1/stats instead")
     args = parser.parse_args()
 
     await ensure_database(args.url)
@@ -138,6 +149,12 @@ async def main() -> None:
             await seed(conn, args.count, end_at)
         newest = await conn.scalar(select(func.max(Message.created_at)))
         assert newest is not None
+        if args.stats:
+            from stats_queries import bench_stats
+
+            await bench_stats(engine, conn, newest)
+            await engine.dispose()
+            return
         light_phone = await conn.scalar(
             select(Message.msisdn).where(Message.msisdn != BUSY_PHONE).limit(1)
         )

@@ -4,14 +4,18 @@ Used by the periodic sweep (`RETENTION_DAYS`) and by `bulk360-relay prune --olde
 What goes: messages created before the cutoff with their DNs (and, by the foreign key's ON
 DELETE CASCADE, their callback events), DNs received before the cutoff that never matched a
 message, and Idempotency-Keys past their expiry. Each transaction deletes at most
-`PRUNE_ROWS_MAX` (10,000) rows and claims them with SKIP LOCKED, so the DN writer and the send
-path never wait on a long delete, and two replicas (or a replica and the command) never delete
-the same rows. Each kind of work also takes its advisory lock per transaction: while one
-process prunes, the others skip that kind for the pass instead of competing for the batch.
+`PRUNE_ROWS_MAX` rows (2,000; the contract allows 10,000) and claims them with SKIP LOCKED, and
+a pause as long as the transaction follows it, so the DN writer and the send path never wait
+on a long delete (nor on a long stream of WAL), and two replicas (or a replica and the
+command) never delete the same rows. Each kind of work also takes its advisory lock per
+transaction: while one process prunes, the others skip that kind for the pass instead of
+competing for the batch.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -21,6 +25,9 @@ from app.outcomes import repository as repo
 from app.outcomes.repository import PruneCounts
 
 RETENTION_LOCK = "sweep:retention"
+# After each batch, a pause as long as the batch took: deleting is background work, and at
+# most half of one connection's time goes to it (bench/dn_ingest.py --prune-during).
+PAUSE_FACTOR = 1.0
 KEYS_LOCK = "sweep:idempotency-keys"
 
 
@@ -82,11 +89,13 @@ async def _in_batches(
     """Run `batch` one transaction at a time until it finds nothing left, or until another
     process holds `lock` (it is doing the same work: leave it to that process)."""
     while True:
+        started = time.perf_counter()
         async with engine.begin() as conn:
             if not await repo.try_lock(conn, lock, wait=wait):
                 return
             if not await batch(conn):
                 return
+        await asyncio.sleep((time.perf_counter() - started) * PAUSE_FACTOR)
 
 
 def render(counts: PruneCounts, *, dry_run: bool, cutoff: datetime, days: float) -> str:

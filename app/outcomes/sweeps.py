@@ -8,7 +8,7 @@ One pass, in this order, each piece in its own short transactions:
    later still decides: the DN writer moves a message to its last DN whatever its status;
 2. the statistics rollup (stats.compact), under an advisory lock: one replica at a time;
 3. retention (`RETENTION_DAYS`, when set) and expired Idempotency-Keys (retention.py):
-   ≤ 10,000 rows per transaction, an advisory lock per kind.
+   ≤ 2,000 rows per transaction (the contract allows 10,000), an advisory lock per kind.
 
 A pass that fails (the database is down) is logged and the next one tries again; nothing is
 lost by skipping a pass. The first pass comes after a random part of the interval, so replicas
