@@ -149,10 +149,16 @@ def prune(
     Idempotency-Keys, at most 2,000 rows per transaction; print what was deleted."""
     import asyncio
 
+    from app import embedded
     from app.outcomes.retention import prune_command
 
     settings = _settings()
-    typer.echo(asyncio.run(prune_command(settings.database_url, older_than, dry_run=dry_run)))
+    try:
+        url = embedded.database_url(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(asyncio.run(prune_command(url, older_than, dry_run=dry_run)))
 
 
 def main() -> None:

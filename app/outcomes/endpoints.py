@@ -10,9 +10,9 @@ from pydantic import AwareDatetime
 from app.db import utcnow
 from app.deps import ApiKeyDep, StateDep
 from app.errors import error_responses
-from app.messages.lookup_schemas import Channel
 from app.outcomes import stats as service
 from app.outcomes.schemas import Stats
+from app.vocabulary import Channel
 
 router = APIRouter(tags=["outcomes"])
 

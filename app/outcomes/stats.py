@@ -46,16 +46,23 @@ from app.bulk360.codes import (
     submit_description,
 )
 from app.errors import AppError
-from app.models import MESSAGE_STATUSES
 from app.outcomes import repository as repo
 from app.outcomes.repository import StatsRow, StatsSpans
+from app.vocabulary import MessageStatus
 
 Bucket = Literal["hour", "day"]
 STATS_LOCK = "sweep:stats"
 DEFAULT_RANGE = timedelta(hours=24)
 MAX_BUCKETS = 2_000  # 83 days by the hour; a longer range asks for days
 TOP_ERROR_CODES = 10
-CHARGED_STATUSES = frozenset({"pending", "delivered", "undelivered", "expired"})
+CHARGED_STATUSES = frozenset(
+    {
+        MessageStatus.PENDING,
+        MessageStatus.DELIVERED,
+        MessageStatus.UNDELIVERED,
+        MessageStatus.EXPIRED,
+    }
+)
 _HOUR = timedelta(hours=1)
 _STRIDES = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 
@@ -144,11 +151,11 @@ def _bucket_starts(origin: datetime, until: datetime, stride: timedelta) -> list
 
 
 def summarise(rows: list[StatsRow], query: StatsQuery, starts: list[datetime]) -> dict[str, Any]:
-    by_status: Counter[str] = Counter({status: 0 for status in MESSAGE_STATUSES})
+    by_status: Counter[str] = Counter({str(status): 0 for status in MessageStatus})
     by_category: Counter[str] = Counter({category.value: 0 for category in ErrorCategory})
     codes: Counter[tuple[str, str, str]] = Counter()
     spend: dict[str, Decimal] = {}
-    series = {start: Counter({status: 0 for status in MESSAGE_STATUSES}) for start in starts}
+    series = {start: Counter({str(status): 0 for status in MessageStatus}) for start in starts}
     for row in rows:
         by_status[row.status] += row.messages
         category = message_error_category(row.status, row.error_code, row.submit_code)

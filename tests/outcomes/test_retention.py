@@ -13,15 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import pytest
 
 from app.bulk360.simulator import Simulator
 from app.db import create_engine, utcnow
 from app.outcomes import repository as repo
 from app.outcomes.retention import cutoff_for
 from tests.reliability import asyncpg_dsn
-
-pytestmark = pytest.mark.postgres
 
 # (messages, DNs per message, age in days) — old ones past a 30-day cutoff, young ones not.
 SEED = [(30, 2, 40), (20, 0, 31), (25, 1, 5)]

@@ -17,8 +17,6 @@ from app.bulk360.simulator import Simulator
 from tests.conftest import DN_TOKEN, Relay
 from tests.reliability import asyncpg_dsn
 
-pytestmark = pytest.mark.postgres
-
 STATUSES = ("unknown", "pending", "delivered", "undelivered", "rejected", "expired")
 # (status, DN error code, submit code, rate): the shapes the send path and DN writer leave.
 SHAPES = [
