@@ -9,7 +9,7 @@ the existing messages here, after the triggers exist and under their lock, so no
 meanwhile is missed or counted twice.
 
 Revision ID: a56388084027
-Revises: a63030eba60a
+Revises: 5d1f0c2b7a93
 Create Date: 2026-11-30 22:15:59.383502+00:00
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a56388084027"
-down_revision: str | None = "a63030eba60a"
+down_revision: str | None = "5d1f0c2b7a93"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
