@@ -38,7 +38,6 @@ from app.bulk360.codes import DN_STATUSES, NON_FINAL_DN_CODES, ErrorCategory, me
 # A msgid is cut at its last few separators only: real ones carry one or two suffixes
 # (`-0`, `.0602-0`) after a ref with at most one `-`; a longer run is not worth a lock each.
 MAX_SUFFIX_CUTS: Final = 4
-_SEPARATORS: Final = "-."
 
 _FINAL_STATUSES_SQL = ", ".join(f"'{status}'" for status in DN_STATUSES)  # DELIVERED, UNDELIVERED
 _NON_FINAL_CODES_SQL = ", ".join(f"'{code}'" for code in sorted(NON_FINAL_DN_CODES))
@@ -150,23 +149,39 @@ def category_of_dn(status: str, error_code: str | None) -> ErrorCategory:
 
 def candidate_refs(msgid: str) -> list[str]:
     """The refs a DN with this msgid may belong to, longest (the msgid itself) first."""
-    if "-" not in msgid and "." not in msgid:  # most msgids: one candidate, no scan
-        return [msgid]
-    cuts = [i for i in range(len(msgid) - 1, 0, -1) if msgid[i] in _SEPARATORS]
-    return [msgid] + [msgid[:i] for i in cuts[:MAX_SUFFIX_CUTS]]
+    refs = [msgid]
+    end = len(msgid)
+    while len(refs) <= MAX_SUFFIX_CUTS:
+        # From 1: a cut is never the empty ref. rfind, not a loop over the characters: this
+        # runs for every DN.
+        cut = max(msgid.rfind("-", 1, end), msgid.rfind(".", 1, end))
+        if cut < 1:
+            break
+        refs.append(msgid[:cut])
+        end = cut
+    return refs
 
 
-def suffix_candidates(msgids: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Every cut candidate of these msgids (not the msgids themselves), as two parallel
-    arrays: the msgid's 1-based position in `msgids`, the candidate ref."""
+def plan_dn_batch(msgids: Sequence[str]) -> tuple[str, list[int], list[str]]:
+    """What a DN batch needs besides its rows: BEGIN with its locks as one simple query (each
+    msgid exclusive, its cuts shared, in key order), and its cuts as two parallel arrays (the
+    msgid's 1-based position in `msgids`, the cut) for the batch's statement."""
     positions: list[int] = []
-    refs: list[str] = []
+    cuts: list[str] = []
     for position, msgid in enumerate(msgids, 1):
-        if "-" in msgid or "." in msgid:
-            cut = candidate_refs(msgid)[1:]
-            positions += [position] * len(cut)
-            refs += cut
-    return positions, refs
+        if "-" in msgid or "." in msgid:  # most msgids have no cut: no scan
+            more = candidate_refs(msgid)[1:]
+            positions += [position] * len(more)
+            cuts += more
+    exclusive = set(msgids)
+    modes = {lock_key(ref): True for ref in exclusive}
+    for ref in set(cuts) - exclusive:
+        modes.setdefault(lock_key(ref), False)
+    keys = sorted(modes)
+    begin = _DN_LOCK_SQL.format(
+        keys=",".join(map(str, keys)), modes=",".join("t" if modes[k] else "f" for k in keys)
+    )
+    return begin, positions, cuts
 
 
 def lock_key(ref: str) -> int:
@@ -179,20 +194,6 @@ def begin_and_lock_sql(refs: Iterable[str]) -> str:
     """BEGIN and the refs' locks (the send path's, exclusive) as one simple query: one round
     trip instead of two. Only integers are inlined (the keys), never a ref."""
     return _LOCK_SQL.format(keys=",".join(str(k) for k in sorted({lock_key(r) for r in refs})))
-
-
-def begin_and_lock_dns_sql(msgids: Iterable[str]) -> str:
-    """BEGIN and the locks of a batch of DNs: each msgid's, exclusive, and its cuts', shared."""
-    exclusive: dict[int, bool] = {}
-    for msgid in msgids:
-        refs = candidate_refs(msgid)
-        exclusive[lock_key(refs[0])] = True
-        for ref in refs[1:]:
-            exclusive.setdefault(lock_key(ref), False)
-    keys = sorted(exclusive)
-    return _DN_LOCK_SQL.format(
-        keys=",".join(map(str, keys)), modes=",".join("t" if exclusive[k] else "f" for k in keys)
-    )
 
 
 def waiting_dns_exist(ref_sql: str) -> str:

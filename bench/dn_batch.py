@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from throwaway_db import create_database, drop_database  # noqa: E402
 
-from app.delivery import begin_and_lock_dns_sql, suffix_candidates  # noqa: E402
+from app.delivery import plan_dn_batch  # noqa: E402
 from app.notifications.repository import STORE_BATCH  # noqa: E402
 from app.notifications.writer import InboundDN  # noqa: E402
 from tests.reliability import asyncpg_dsn  # noqa: E402
@@ -67,10 +67,10 @@ async def main() -> None:
                     for _ in range(size)
                 ]
                 t0 = time.perf_counter()
-                msgids = [dn.msgid for dn in dns]
-                await conn.execute(begin_and_lock_dns_sql(msgids))
+                begin, positions, cuts = plan_dn_batch([dn.msgid for dn in dns])
+                await conn.execute(begin)
                 t1 = time.perf_counter()
-                await conn.execute(STORE_BATCH, *zip(*dns, strict=True), *suffix_candidates(msgids))
+                await conn.execute(STORE_BATCH, *zip(*dns, strict=True), positions, cuts)
                 t2 = time.perf_counter()
                 await conn.execute("COMMIT")
                 t3 = time.perf_counter()

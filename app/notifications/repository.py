@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery import APPLY_BATCH_SET, begin_and_lock_dns_sql, suffix_candidates
+from app.delivery import APPLY_BATCH_SET, plan_dn_batch
 from app.models import DeliveryNotification
 
 # The whole batch in one statement (after the locks):
@@ -55,11 +55,11 @@ async def begin_and_store(apg: Any, dns: Sequence[tuple[Any, ...]]) -> None:
     an asyncpg connection, in two round trips; the caller commits (or rolls back). The ids are
     drawn when this returns. `dns`: rows of (msgid, status, error_code, error_description,
     msisdn, raw, received_ts)."""
-    msgids = [dn[0] for dn in dns]
+    begin, positions, cuts = plan_dn_batch([dn[0] for dn in dns])
     # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send that
     # held the lock, and a send waiting for it sees these DNs once they are committed.
-    await apg.execute(begin_and_lock_dns_sql(msgids))
-    await apg.execute(STORE_BATCH, *zip(*dns, strict=True), *suffix_candidates(msgids))
+    await apg.execute(begin)
+    await apg.execute(STORE_BATCH, *zip(*dns, strict=True), positions, cuts)
 
 
 async def list_dns(

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.simulator import Simulator, SimulatorConfig
-from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, suffix_candidates
+from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, lock_key, plan_dn_batch
 from app.main import create_app
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import InboundDN
@@ -59,8 +59,16 @@ def test_candidate_refs_are_the_msgid_then_its_cuts_longest_first(
     assert len(candidate_refs(msgid)) <= 1 + MAX_SUFFIX_CUTS
 
 
-def test_suffix_candidates_name_each_msgid_by_position() -> None:
-    assert suffix_candidates(["plain", "x-0", "y.1-2"]) == ([2, 3, 3], ["x", "y.1", "y"])
+def test_a_batch_locks_its_msgids_exclusive_and_their_cuts_shared() -> None:
+    begin, positions, cuts = plan_dn_batch(["plain", "x-0", "y.1-2", "x"])
+
+    assert (positions, cuts) == ([2, 3, 3], ["x", "y.1", "y"])
+    keys = {lock_key(r): r for r in ("plain", "x-0", "y.1-2", "x", "y.1", "y")}
+    listed = begin.split("'{")[1].split("}'")[0].split(",")
+    modes = begin.split("'{")[2].split("}'")[0].split(",")
+    assert [int(k) for k in listed] == sorted(keys)
+    shared = {keys[int(k)] for k, mode in zip(listed, modes, strict=True) if mode == "f"}
+    assert shared == {"y.1", "y"}  # `x` is a msgid of the batch too: exclusive
 
 
 async def _store(db_url: str, batch: list[InboundDN]) -> None:
