@@ -1,29 +1,22 @@
-"""The overview page's figures for the last 24 hours or 7 days."""
+"""The overview page's figures for the last 24 hours or 7 days: the outcomes domain's
+statistics (`app.outcomes.stats`, from its hourly rollup), the latest balances, and the
+counts of what needs attention."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bulk360.codes import describe_error_code, dn_error_category
 from app.bulk360.repository import BalanceReading, latest_balances
 from app.console import repository
-from app.console.views import Chart, hourly_chart
+from app.console.views import CHART_STACK, Chart, hourly_chart
+from app.outcomes import stats as outcomes
 
 WINDOWS = {"24h": 24, "7d": 7 * 24}
-FAILED = ("undelivered", "expired")
-
-
-@dataclass
-class TopCode:
-    code: str
-    description: str
-    category: str
-    count: int
 
 
 @dataclass
@@ -31,15 +24,11 @@ class Overview:
     window: str
     since: datetime
     until: datetime
-    total: int
-    by_status: dict[str, int]
-    delivery_rate: float | None
-    chart: Chart
-    top_codes: list[TopCode]
-    spend: list[tuple[str, Decimal]]
     since_local: str  # `since` for a datetime-local filter in the operator's zone
-    attention: dict[str, int] = field(default_factory=dict)
-    balances: list[BalanceReading] = field(default_factory=list)
+    stats: dict[str, Any]  # GET /v1/stats's answer for the window
+    chart: Chart
+    balances: list[BalanceReading]
+    attention: dict[str, int]
 
 
 async def build_overview(
@@ -48,33 +37,23 @@ async def build_overview(
     hours = WINDOWS[window]
     now = now or datetime.now(UTC)
     # Whole hours, the current one last, so each bar of the chart is one clock hour.
-    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
-    since, until = first, now
-    counts = await repository.hourly_status_counts(session, since, until)
-    series: dict[datetime, dict[str, int]] = {first + timedelta(hours=i): {} for i in range(hours)}
-    by_status: dict[str, int] = {}
-    for hour, status, n in counts:
-        series.setdefault(hour.astimezone(UTC), {})[status] = n
-        by_status[status] = by_status.get(status, 0) + n
-    decided = by_status.get("delivered", 0) + sum(by_status.get(s, 0) for s in FAILED)
-    top = await repository.top_error_codes(session, since, until)
+    since = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    query = outcomes.StatsQuery(since=since, until=now, bucket="hour")
+    figures = await outcomes.stats(await session.connection(), query)
+    series = [
+        (entry["start"], {status: int(entry.get(status, 0)) for status in CHART_STACK})
+        for entry in figures["series"]
+    ]
     return Overview(
         window=window,
         since=since,
-        until=until,
-        total=sum(by_status.values()),
-        by_status=by_status,
-        delivery_rate=by_status.get("delivered", 0) / decided if decided else None,
-        chart=hourly_chart(sorted(series.items()), zone, hours),
-        top_codes=[
-            TopCode(code, describe_error_code(code) or "", dn_error_category(code), n)
-            for code, n in top
-        ],
-        spend=await repository.spend(session, since, until),
+        until=now,
         since_local=since.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"),
+        stats=figures,
+        chart=hourly_chart(series, zone, hours),
+        balances=await latest_balances(session),
         attention={
-            "unknown": await repository.count_status(session, "unknown", since),
+            "unknown": figures["by_status"].get("unknown", 0),
             "unmatched_dns": await repository.count_unmatched_notifications(session),
         },
-        balances=await latest_balances(session),
     )

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from functools import partial
 
-from sqlalchemy import Numeric, Select, cast, func, select, union
+from sqlalchemy import Select, func, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -118,52 +117,3 @@ async def unmatched_notifications(
 async def count_unmatched_notifications(session: AsyncSession) -> int:
     query = select(func.count()).where(DeliveryNotification.message_id.is_(None))
     return int(await session.scalar(query) or 0)
-
-
-async def count_status(session: AsyncSession, status: str, since: datetime) -> int:
-    """Messages of one status created since `since` (an index-only range count)."""
-    query = select(func.count()).where(Message.status == status, Message.created_at >= since)
-    return int(await session.scalar(query) or 0)
-
-
-# ---- overview figures (until the outcomes stats service lands) ----------------------------
-
-
-async def hourly_status_counts(
-    session: AsyncSession, since: datetime, until: datetime
-) -> list[tuple[datetime, str, int]]:
-    """(hour in UTC, status, messages) for each hour and status present in the window."""
-    hour = func.date_trunc("hour", Message.created_at, "UTC")
-    query = (
-        select(hour, Message.status, func.count())
-        .where(Message.created_at >= since, Message.created_at < until)
-        .group_by(hour, Message.status)
-    )
-    return [(h, s, n) for h, s, n in (await session.execute(query)).all()]
-
-
-async def top_error_codes(
-    session: AsyncSession, since: datetime, until: datetime, limit: int = 5
-) -> list[tuple[str, int]]:
-    query = (
-        select(Message.error_code, func.count())
-        .where(Message.created_at >= since, Message.created_at < until)
-        .where(Message.error_code.is_not(None), Message.error_code != "000")
-        .group_by(Message.error_code)
-        .order_by(func.count().desc(), Message.error_code)
-        .limit(limit)
-    )
-    return [(code or "", n) for code, n in (await session.execute(query)).all()]
-
-
-async def spend(
-    session: AsyncSession, since: datetime, until: datetime
-) -> list[tuple[str, Decimal]]:
-    query = (
-        select(Message.currency, func.sum(cast(Message.rate, Numeric)))
-        .where(Message.created_at >= since, Message.created_at < until)
-        .where(Message.rate.is_not(None), Message.currency.is_not(None))
-        .group_by(Message.currency)
-        .order_by(Message.currency)
-    )
-    return [(c, amount) for c, amount in (await session.execute(query)).all()]

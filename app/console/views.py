@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, get_args
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -19,11 +19,11 @@ from app.console.repository import MessageFilter
 from app.delivery import category_of_dn
 from app.errors import AppError
 from app.messages.lookup import normalise_to
-from app.messages.lookup_schemas import Channel, MessageStatus
 from app.models import DeliveryNotification, Message
+from app.vocabulary import Channel, MessageStatus
 
-STATUSES: tuple[str, ...] = get_args(MessageStatus)
-CHANNELS: tuple[str, ...] = get_args(Channel)
+STATUSES: tuple[str, ...] = tuple(MessageStatus)
+CHANNELS: tuple[str, ...] = tuple(Channel)
 
 # The zone operators of a region read their clocks in. phonenumbers knows the zones of a
 # region's numbers, but names an arbitrary one where there are several (MY: Asia/Kuching, the
