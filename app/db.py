@@ -8,6 +8,9 @@ the endpoint, before the response is sent.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +23,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.util import greenlet_spawn
+
+from app.errors import is_database_unavailable
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -87,3 +93,37 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@asynccontextmanager
+async def pooled_asyncpg(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection of a pooled connection, for hand-written SQL on a hot path (the
+    pool's raw checkout: no SQLAlchemy Connection around it, which costs more CPU than the
+    statements' own Python). Statements autocommit unless the caller sends BEGIN."""
+    raw = await engine.raw_connection()
+    try:
+        yield raw.driver_connection
+    except BaseException as exc:
+        # SQLAlchemy did not see this error: a dead connection must not go back to the pool.
+        if not isinstance(exc, Exception) or is_database_unavailable(exc):
+            with contextlib.suppress(Exception):
+                await greenlet_spawn(raw.invalidate, exc if isinstance(exc, Exception) else None)
+        raise
+    finally:
+        # Back to the pool; in a greenlet because the pool may close it (invalidated).
+        await greenlet_spawn(raw.close)
+
+
+@asynccontextmanager
+async def raw_transaction(engine: AsyncEngine, begin: str = "BEGIN") -> AsyncIterator[Any]:
+    """`pooled_asyncpg` inside a transaction: `begin` (BEGIN, or BEGIN and more as one simple
+    query: one round trip), the caller's statements, COMMIT; ROLLBACK if the body raises."""
+    async with pooled_asyncpg(engine) as apg:
+        await apg.execute(begin)
+        try:
+            yield apg
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await apg.execute("ROLLBACK")
+            raise
+        await apg.execute("COMMIT")

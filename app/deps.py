@@ -19,7 +19,7 @@ from app.errors import AppError, is_database_unavailable
 if TYPE_CHECKING:
     from app.bulk360.client import Bulk360Client
     from app.bulk360.simulator import Simulator
-    from app.messages.late_answers import LateAnswers
+    from app.messages.service import SendService
     from app.notifications.writer import DNWriter
     from app.outcomes.sweeps import Sweeper
 
@@ -33,7 +33,7 @@ class State:
     sessionmaker: async_sessionmaker[AsyncSession]
     bulk360: Bulk360Client
     dn_writer: DNWriter
-    late_answers: LateAnswers
+    send_service: SendService
     simulator: Simulator | None = None
     sweeper: Sweeper | None = None
     extras: dict[str, object] = field(default_factory=dict)

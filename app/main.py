@@ -20,7 +20,9 @@ from app.db import create_engine, create_sessionmaker
 from app.deps import State, refusal_before_dependencies
 from app.errors import install_error_handlers
 from app.messages.endpoints import router as messages_router
-from app.messages.late_answers import LateAnswers
+from app.messages.recorder import AnswerRecorder
+from app.messages.service import SendService
+from app.messages.writer import SendWriter
 from app.notifications.endpoints import router as notifications_router
 from app.notifications.hook import DNHookFastPath
 from app.notifications.hook import hook_router as dn_hook_router
@@ -101,7 +103,9 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             base_url = await simulator.start()
         bulk360 = Bulk360Client(settings, base_url=base_url)
         dn_writer = DNWriter(settings, engine)
-        late_answers = LateAnswers()
+        send_writer = SendWriter(engine, idempotency_ttl_h=settings.idempotency_ttl_h)
+        recorder = AnswerRecorder(send_writer.record)
+        send_service = SendService(settings, client=bulk360, writer=send_writer, recorder=recorder)
         sweeper = Sweeper(settings, engine)
         await bulk360.start()
         await bulk360.balance.start(engine)
@@ -119,7 +123,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             sessionmaker=create_sessionmaker(engine),
             bulk360=bulk360,
             dn_writer=dn_writer,
-            late_answers=late_answers,
+            send_service=send_service,
             simulator=simulator,
             sweeper=sweeper,
         )
@@ -131,7 +135,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             # uvicorn has finished in-flight requests by now; the writer drains its queue.
             await sweeper.stop()
             await dn_writer.stop()
-            await late_answers.stop()  # before the engine goes: a last try to record them
+            await recorder.stop()  # before the engine goes: a last try to record them
+            await send_writer.wait()
             await bulk360.close()
             await bulk360.balance.stop()  # its last reading saved before the engine goes
             if simulator is not None:

@@ -1,4 +1,4 @@
-"""`POST /v1/messages` (send). The lookup routes register on the same `router` (lookup.py)."""
+"""`POST /v1/messages` (send); `router` also carries the lookup routes (lookup.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 
 from app.deps import ApiKeyDep, StateDep
-from app.errors import AppError, error_responses
-from app.messages.recipients import RecipientError, normalise_recipients
+from app.errors import error_responses
+from app.messages.lookup import router as lookup_router
 from app.messages.schemas import SendErrorResponse, SendRequest, SendResponse
-from app.messages.service import send_service
 
 router = APIRouter(tags=["messages"])
 
@@ -75,26 +74,10 @@ async def send_messages(
         ),
     ] = None,
 ) -> Response:
-    settings = state.settings
-    try:
-        destinations = normalise_recipients(
-            body.to, region=settings.default_region, limit=settings.max_recipients
-        )
-    except RecipientError as exc:
-        raise AppError(422, "validation_error", str(exc)) from None
-    # No session dependency: the service checks connections out itself, once per step, so
-    # none is held while the provider answers.
-    answer = await send_service.send(
-        state.engine,
-        state.sessionmaker,
-        client=state.bulk360,
-        request=body,
-        destinations=destinations,
-        api_key_name=api_key_name,
-        idempotency_key=idempotency_key,
-        idempotency_ttl_h=settings.idempotency_ttl_h,
-        sandbox=settings.sandbox,
-        late=state.late_answers,
+    # No session dependency: the service's writes check connections out per batch, so none
+    # is held while the provider answers.
+    answer = await state.send_service.send(
+        body, api_key_name=api_key_name, idempotency_key=idempotency_key
     )
     return Response(
         answer.body,
@@ -104,6 +87,4 @@ async def send_messages(
     )
 
 
-# The lookup routes live in their own module and register on `router` (imported last: it
-# imports `router` from here).
-from app.messages import lookup as _lookup  # noqa: E402, F401
+router.include_router(lookup_router)

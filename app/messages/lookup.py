@@ -3,8 +3,7 @@
 Lookups are global, not scoped to the caller's API key: operators answer "did customer X get
 the OTP?" whichever service sent it; `api_key_name` on each message says which one did.
 
-Registered on the messages router: `app.messages.endpoints` imports this module at its end,
-once `router` exists.
+`router` is included in the messages router (endpoints.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BeforeValidator
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.bulk360.client import WHATSAPP_PREFIX
 from app.deps import ApiKeyDep, SessionDep, StateDep
 from app.errors import AppError, error_responses
-from app.messages.endpoints import router
 from app.messages.lookup_schemas import (
     Channel,
     DeliveryNotificationOut,
@@ -32,6 +30,8 @@ from app.messages.lookup_schemas import (
 from app.messages.recipients import RecipientError, parse_recipient
 from app.models import DeliveryNotification, Message
 from app.pagination import Cursor, before, decode_cursor, encode_cursor
+
+router = APIRouter(tags=["messages"])
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.bulk360.simulator import Simulator
 from app.config import hash_api_key
 from app.db import utcnow
-from app.messages.service import send_service
 from app.models import IdempotencyKey, Message
 from tests.conftest import DN_TOKEN, OTHER_API_KEY, TEST_API_KEY, Relay
 from tests.servers import RelayProcess
@@ -150,7 +149,7 @@ async def test_expired_keys_of_everyone_are_purged(
             ],
         )
     # The bulk purge runs at most once a minute per process: make this its first.
-    monkeypatch.setattr(send_service.idempotency, "_last_purge", float("-inf"))
+    monkeypatch.setattr(relay.state.send_service.writer, "last_purge", float("-inf"))
     await relay.client.post(SEND, json=BODY, headers=keyed("fresh"))
     async with engine.connect() as conn:
         keys = (await conn.execute(select(IdempotencyKey.key))).scalars().all()

@@ -14,8 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.bulk360.client import Destination
 from app.bulk360.simulator import Simulator, SimulatorConfig
-from app.messages import service
+from app.messages import repository
+from app.messages.outcome import Entry
+from app.messages.repository import Answer
 from app.models import Message
 from tests.conftest import OTHER_API_KEY, Relay, relay_settings, run_relay
 from tests.servers import free_port
@@ -464,9 +467,9 @@ async def test_database_unreachable_is_a_503_before_any_upstream_call(
 
 
 def _attach_failing(times: int | None, exc: Exception) -> tuple[Any, list[int]]:
-    """`service.attach_dns` failing `times` times (None: always), then the real one. The one
+    """`repository.attach_dns` failing `times` times (None: always), then the real one. The one
     fault a real database will not produce on cue: it fails mid-fill-in."""
-    real_attach = service.attach_dns
+    real_attach = repository.attach_dns
     calls = [0]
 
     async def attach(*args: Any) -> None:
@@ -487,10 +490,10 @@ async def test_an_answer_the_database_missed_is_recorded_once_it_is_back(
     """Down for longer than the send waits: the caller gets the provider's answer at once,
     the refs are logged, and the rows get them in the background when the database is back."""
     attach, calls = _attach_failing(5, _CUT)  # 3 tries in the send, 2 in the background
-    monkeypatch.setattr(service, "attach_dns", attach)
-    monkeypatch.setattr(service, "_RECORD_RETRY_DELAYS_S", (0.0, 0.0))
-    late = relay.state.late_answers
-    late.retry_delays_s, late.retry_every_s = (0.0, 0.0), 0.0
+    monkeypatch.setattr(repository, "attach_dns", attach)
+    late = relay.state.send_service.recorder
+    late.retry_delays_s = (0.0, 0.0)
+    late.late_delays_s, late.late_every_s = (0.0, 0.0), 0.0
     lines = LogCapture()
     logging.getLogger().addHandler(lines)
     try:
@@ -516,7 +519,7 @@ async def test_a_failure_other_than_an_outage_is_logged_for_reconciliation_not_r
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attach, calls = _attach_failing(None, ValueError("a bug"))
-    monkeypatch.setattr(service, "attach_dns", attach)
+    monkeypatch.setattr(repository, "attach_dns", attach)
     lines = LogCapture()
     logging.getLogger().addHandler(lines)
     try:
@@ -527,7 +530,7 @@ async def test_a_failure_other_than_an_outage_is_logged_for_reconciliation_not_r
     ref = r.json()["messages"][0]["ref"]
     [row] = await rows(engine)
     assert (row["status"], row["ref"]) == ("unknown", None)
-    assert calls[0] == 1 and relay.state.late_answers.pending == 0
+    assert calls[0] == 1 and relay.state.send_service.recorder.pending == 0
     warnings = [line for level, line in lines.records if level == logging.WARNING]
     assert any(ref in line and "reconcile" in line for line in warnings)
 
@@ -536,15 +539,16 @@ async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
     db_url: str, simulator: Simulator, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attach, calls = _attach_failing(None, _CUT)
-    monkeypatch.setattr(service, "attach_dns", attach)
-    monkeypatch.setattr(service, "_RECORD_RETRY_DELAYS_S", ())
+    monkeypatch.setattr(repository, "attach_dns", attach)
     lines = LogCapture()
     async with run_relay(relay_settings(db_url, simulator.base_url)) as relay:
-        relay.state.late_answers.retry_delays_s = (60.0,)  # no try before the shutdown's
+        recorder = relay.state.send_service.recorder
+        recorder.retry_delays_s = ()  # one try in the send
+        recorder.late_delays_s = (60.0,)  # no try before the shutdown's
         logging.getLogger().addHandler(lines)
         r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
         assert r.status_code == 201
-        assert relay.state.late_answers.pending == 1
+        assert recorder.pending == 1
     logging.getLogger().removeHandler(lines)
 
     ref = r.json()["messages"][0]["ref"]
@@ -558,7 +562,7 @@ async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
 async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_attach = service.attach_dns
+    real_attach = repository.attach_dns
     calls = 0
 
     async def attach_failing_once(*args: Any) -> None:
@@ -568,7 +572,7 @@ async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
             raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
         await real_attach(*args)
 
-    monkeypatch.setattr(service, "attach_dns", attach_failing_once)
+    monkeypatch.setattr(repository, "attach_dns", attach_failing_once)
     r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
     assert r.status_code == 201
     [row] = await rows(engine)
@@ -585,14 +589,11 @@ async def test_recording_the_answer_again_never_undoes_a_later_dn(
     dn = await relay.client.post(relay.dn_path(), data={"msgid": ref, "status": "DELIVERED"})
     assert dn.status_code == 200
     [row] = await rows(engine)
-    entry = service._Entry(  # the same answer, recorded a second time
-        service.Destination(channel="sms", msisdn="60123240066"), "gsm7", 1, id=row["id"]
+    entry = Entry(  # the same answer, recorded a second time
+        Destination(channel="sms", msisdn="60123240066"), "gsm7", 1, id=row["id"]
     )
     entry.status, entry.ref, entry.code, entry.answered = "pending", ref, 200, True
-    if engine.dialect.name == "postgresql":
-        await service._record_answer_pg(relay.state.engine, [entry], None)
-    else:
-        await service.send_service._record_answer(relay.state.sessionmaker, [entry], None)
+    await relay.state.send_service.writer.record(Answer("again", [entry], "tester"))
     [row] = await rows(engine)
     assert (row["status"], row["ref"]) == ("delivered", ref)
 

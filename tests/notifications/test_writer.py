@@ -22,7 +22,8 @@ from app.bulk360.client import Destination
 from app.delivery import lock_key, refresh_messages
 from app.deps import State
 from app.main import create_app
-from app.messages.service import _Entry, _record_answer_pg
+from app.messages.outcome import Entry
+from app.messages.repository import Answer
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import PIPELINE, DNStoreError, InboundDN
 from tests.conftest import DN_TOKEN, Relay, relay_settings
@@ -559,14 +560,16 @@ async def test_send_answer_waits_for_an_uncommitted_dn_batch_and_attaches_it(
     """The send path's own recording (BEGIN with the locks in one round trip, the update,
     COMMIT): it waits for a DN batch holding the ref's lock, then attaches that DN."""
     message_id = await add_message(engine, None)
-    entry = _Entry(Destination("60123240066", "sms"), "gsm7", 1, id=message_id)
+    entry = Entry(Destination("60123240066", "sms"), "gsm7", 1, id=message_id)
     entry.status, entry.ref, entry.answered = "pending", "race-5", True
     dn_conn = await asyncpg.connect(pg_dsn(db_url))
     try:
         await begin_and_store(
             dn_conn, [InboundDN("race-5", "DELIVERED", "000", "Delivered", None, "{}", time.time())]
         )
-        recording = asyncio.create_task(_record_answer_pg(relay.state.engine, [entry], None))
+        recording = asyncio.create_task(
+            relay.state.send_service.writer.record(Answer("s", [entry], "tester"))
+        )
         await until(lambda: lock_waiters(pg_dsn(db_url)), "the answer to wait for the DN's lock")
         await dn_conn.execute("COMMIT")
         await recording

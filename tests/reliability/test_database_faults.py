@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from app.bulk360.simulator import Simulator, SimulatorConfig
-from app.messages.service import _RECORD_RETRY_DELAYS_S
+from app.messages.recorder import RETRY_DELAYS_S
 from tests.reliability import (
     AUTH,
     Answer,
@@ -270,7 +270,7 @@ async def cut_and_restore(
     # No hang: a DN is answered within the ack timeout; a send whose answer came back while
     # the database was away also spends the bounded retry of recording it.
     assert max(s.elapsed for s in dns) < ACK_TIMEOUT_S + SLACK_S
-    assert max(s.elapsed for s in sends) < ACK_TIMEOUT_S + SLACK_S + sum(_RECORD_RETRY_DELAYS_S)
+    assert max(s.elapsed for s in sends) < ACK_TIMEOUT_S + SLACK_S + sum(RETRY_DELAYS_S)
     # Self-healed, with new connections replacing the ones cut.
     assert summary(after) == {"200": 50}
     assert sends_after == [201] * 10

@@ -35,7 +35,7 @@ import app
 from app.bulk360.simulator import Simulator, SimulatorConfig
 from app.config import hash_api_key
 from app.main import create_app
-from app.messages import service
+from app.messages.service import SendService
 from tests.conftest import relay_settings
 from tests.servers import RelayProcess, bound_socket, serve_in_loop
 
@@ -199,7 +199,7 @@ async def _unhandled_error(relay: httpx.AsyncClient, monkeypatch: pytest.MonkeyP
         raise RuntimeError("injected fault")
 
     with monkeypatch.context() as patch:
-        patch.setattr(service.send_service, "send", boom)
+        patch.setattr(SendService, "send", boom)
         response = await relay.post(
             "/v1/messages",
             json={"to": "60123240066", "text": TEXTS["unhandled error"]},

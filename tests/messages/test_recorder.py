@@ -1,5 +1,6 @@
-"""LateAnswers on its own: retried while the database is away, given up when too old or on
-a failure that is not an outage, and tried once more when the app stops."""
+"""AnswerRecorder on its own: retried while the database is away (in the send, then in the
+background), given up when too old or on a failure that is not an outage, and tried once more
+when the app stops."""
 
 from __future__ import annotations
 
@@ -10,36 +11,66 @@ from collections.abc import Iterator
 
 from sqlalchemy.exc import OperationalError
 
-from app.messages.late_answers import LateAnswers
+from app.bulk360.client import Destination
+from app.messages.outcome import Entry
+from app.messages.recorder import AnswerRecorder
+from app.messages.repository import Answer
 from app.ops.logging import configure_logging
 
 _CUT = OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
 
 
 class Attempts:
+    """The write, failing as told: one entry per attempt; None = success."""
+
     def __init__(self, failures: list[Exception | None]) -> None:
-        self.failures = failures  # one per attempt; None = success
+        self.failures = failures
         self.count = 0
 
-    async def __call__(self) -> None:
+    async def __call__(self, _answer: Answer) -> None:
         self.count += 1
         failure = self.failures[min(self.count, len(self.failures)) - 1]
         if failure is not None:
             raise failure
 
 
-def fast(late: LateAnswers) -> LateAnswers:
-    late.retry_delays_s, late.retry_every_s = (0.0,), 0.0
-    return late
+def answer(send_id: str, message_id: int, ref: str) -> Answer:
+    entry = Entry(Destination("60123240066", "sms"), "gsm7", 1, id=message_id)
+    entry.status, entry.ref = "pending", ref
+    return Answer(send_id, [entry], "tester")
+
+
+def fast(record: Attempts) -> AnswerRecorder:
+    recorder = AnswerRecorder(record)
+    recorder.retry_delays_s = ()
+    recorder.late_delays_s, recorder.late_every_s = (0.0,), 0.0
+    return recorder
 
 
 async def test_retried_through_an_outage_until_recorded() -> None:
-    late = fast(LateAnswers())
     record = Attempts([_CUT, _CUT, _CUT, None])
-    late.keep("send-1", {"7": "ref-7"}, record)
+    late = fast(record)
+    late.keep(answer("send-1", 7, "ref-7"))
     assert late.pending == 1
     await late.wait()
     assert (record.count, late.pending) == (4, 0)
+
+
+async def test_a_short_outage_is_retried_within_the_send() -> None:
+    record = Attempts([_CUT, _CUT, None])
+    recorder = AnswerRecorder(record)
+    recorder.retry_delays_s = (0.0, 0.0)
+    await recorder.record(answer("send-0", 6, "ref-6"))
+    assert (record.count, recorder.pending) == (3, 0)
+
+
+async def test_a_longer_outage_is_handed_to_the_background() -> None:
+    record = Attempts([_CUT, _CUT, None])
+    recorder = fast(record)
+    await recorder.record(answer("send-5", 11, "ref-11"))  # returns: the caller is answered
+    assert (record.count, recorder.pending) == (1, 1)
+    await recorder.wait()
+    assert (record.count, recorder.pending) == (3, 0)
 
 
 class Errors(logging.Handler):
@@ -66,11 +97,11 @@ def error_lines() -> Iterator[list[str]]:
 
 
 async def test_given_up_and_logged_when_older_than_max_age() -> None:
-    late = fast(LateAnswers())
-    late.max_age_s = 0.0
     record = Attempts([_CUT])
+    late = fast(record)
+    late.max_age_s = 0.0
     with error_lines() as lines:
-        late.keep("send-2", {"8": "ref-8"}, record)
+        late.keep(answer("send-2", 8, "ref-8"))
         await late.wait()
     assert record.count == 1
     [line] = lines
@@ -78,10 +109,10 @@ async def test_given_up_and_logged_when_older_than_max_age() -> None:
 
 
 async def test_a_failure_that_is_not_an_outage_is_not_retried() -> None:
-    late = fast(LateAnswers())
     record = Attempts([ValueError("a bug"), None])
+    late = fast(record)
     with error_lines() as lines:
-        late.keep("send-3", {"9": "ref-9"}, record)
+        late.keep(answer("send-3", 9, "ref-9"))
         await late.wait()
     assert record.count == 1
     [line] = lines
@@ -89,10 +120,10 @@ async def test_a_failure_that_is_not_an_outage_is_not_retried() -> None:
 
 
 async def test_stop_makes_one_last_attempt_that_can_succeed() -> None:
-    late = LateAnswers()
-    late.retry_delays_s = (3600.0,)
     record = Attempts([None])
-    late.keep("send-4", {"10": "ref-10"}, record)
+    late = AnswerRecorder(record)
+    late.late_delays_s = (3600.0,)
+    late.keep(answer("send-4", 10, "ref-10"))
     await asyncio.sleep(0)  # the task starts and sleeps
     await late.stop()
     assert (record.count, late.pending) == (1, 0)
