@@ -20,6 +20,7 @@ from app.db import create_engine, create_sessionmaker
 from app.deps import State, refusal_before_dependencies
 from app.errors import install_error_handlers
 from app.messages.endpoints import router as messages_router
+from app.messages.fast_path import SendFastPath
 from app.messages.recorder import AnswerRecorder
 from app.messages.service import SendService
 from app.messages.writer import SendWriter
@@ -164,5 +165,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     install_console(app)
     # The body limit lives in our middleware, not FastAPI's max_body_size: Starlette's answers a
     # declared oversized body in plain text, outside the error shape.
+    # Inside the request middleware: well-formed sends skip FastAPI's routing (fast_path.py).
+    app.add_middleware(SendFastPath)
     app.add_middleware(RequestMiddleware, max_body_bytes=MAX_BODY_BYTES)
     return app
