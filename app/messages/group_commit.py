@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from app.errors import is_database_unavailable
+from app.ops.metrics import SEND_BATCH_SIZE
 
 log = structlog.get_logger("app.messages")
 
@@ -34,11 +35,13 @@ class GroupCommit(Generic[T]):
         self,
         write: Callable[[list[T]], Awaitable[None]],
         *,
+        kind: str,
         max_batch: int,
         pipeline: int,
         conflict_key: Callable[[T], Hashable | None] | None = None,
     ) -> None:
         self._write = write
+        self._sizes = SEND_BATCH_SIZE.labels(kind)
         self._max_batch = max_batch
         self._pipeline = pipeline
         self._conflict_key = conflict_key
@@ -88,6 +91,7 @@ class GroupCommit(Generic[T]):
             self._start()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        self._sizes.observe(len(batch))
         try:
             await self._write([item for item, _ in batch])
         except Exception as exc:

@@ -37,11 +37,14 @@ class SendWriter:
         self._ttl = timedelta(hours=idempotency_ttl_h)
         self._rows = GroupCommit(
             self._insert_batch,
+            kind="rows",
             max_batch=MAX_BATCH,
             pipeline=PIPELINE,
             conflict_key=lambda s: (s.api_key_name, s.key) if s.key is not None else None,
         )
-        self._answers = GroupCommit(self._record_batch, max_batch=MAX_BATCH, pipeline=PIPELINE)
+        self._answers = GroupCommit(
+            self._record_batch, kind="answers", max_batch=MAX_BATCH, pipeline=PIPELINE
+        )
         self.last_purge = float("-inf")
 
     async def claim_and_insert(self, send: NewSend) -> ClaimResult:

@@ -54,6 +54,12 @@ DN_BATCH_SECONDS = Histogram(
     "Time from a writer batch's start (connection checkout) to its COMMIT",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SEND_BATCH_SIZE = Histogram(
+    "relay_send_batch_size",
+    "Sends per group-committed statement: rows (before the provider) or answers (after it)",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 SEND_ANSWERS_UNRECORDED = Gauge(
     "relay_send_answers_unrecorded",
     "Provider answers kept in memory until the database takes them (its outage outlasted the send)",

@@ -1,0 +1,89 @@
+"""Profiling helpers for the benchmarks: a process's CPU time, py-spy around a phase."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by `pid` and its children (uvicorn workers), from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found: .venv/bin/pip install py-spy", file=sys.stderr)
+        return None
+    # --subprocesses: with --workers > 1 the app runs in uvicorn's children.
+    return subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "-p",
+            str(pid),
+            "--subprocesses",
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--gil",  # samples holding the GIL: where the CPU goes, not the waits
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _frame(f: str) -> str:
+    """`name (path:line)` as `name (dir/file)`."""
+    if " (" not in f:
+        return f
+    name, _, where = f.partition(" (")
+    return f"{name} ({'/'.join(where.split(':')[0].split('/')[-2:])})"
+
+
+def summarise_profile(raw: Path, top: int = 25) -> None:
+    """Print the hottest functions from py-spy's collapsed stacks: own time and total time
+    (leaving out the frames under which nearly everything runs: the server's main loop)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for f in set(frames):
+            total[f] += n
+    if not samples:
+        print("profile: no samples")
+        return
+    print(f"profile: {samples} samples ({raw})")
+    print("  own time:")
+    for f, n in own.most_common(top):
+        print(f"    {n / samples:6.1%}  {f}")
+    print("  total time (function and what it calls):")
+    shown = [(f, n) for f, n in total.most_common() if n < 0.9 * samples]
+    for f, n in shown[: top + 15]:
+        print(f"    {n / samples:6.1%}  {f}")
