@@ -25,7 +25,8 @@ one-recipient send needs without group commit (INSERT + COMMIT, then UPDATE + CO
 `--concurrency` over as many connections as the relay's pool (DB_POOL_SIZE), after the relay
 has stopped, with no HTTP at all.
 
-`--profile DIR` samples the relay with py-spy during the concurrent relay phase at 0 ms and
+`--profile DIR` samples the relay with py-spy during the concurrent relay phase (at 0 ms, or
+`--profile-latency-ms`) and
 prints the top functions by own and by total time (raw stacks are kept in DIR). The sampler
 costs the relay some CPU: profile and measure in separate runs. `--workers N` runs uvicorn
 with N workers (the targets are for 1: this 2-core machine also runs the simulator and the
@@ -320,7 +321,7 @@ async def measure_latency(
         for conc, count in phases:
             results["direct", latency, conc] = await run_phase(direct, count, conc)
             profiler = None
-            if args.profile and conc > 1 and latency == 0:
+            if args.profile and conc > 1 and latency == args.profile_latency_ms:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 profile_raw = args.profile / f"relay-c{conc}-{int(time.time())}.txt"
                 profiler = start_profiler(s.relay.pid, profile_raw)
@@ -380,6 +381,7 @@ async def main() -> None:
     parser.add_argument("--httpx", action="store_true", help="relay upstream via httpx")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers for the relay")
     parser.add_argument("--profile", type=Path, help="py-spy the relay's concurrent phase")
+    parser.add_argument("--profile-latency-ms", type=int, default=0, help="at this latency")
     args = parser.parse_args()
     if args.httpx and args.workers != 1:
         parser.error("--httpx runs one worker")
