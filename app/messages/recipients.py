@@ -6,7 +6,8 @@
   `DEFAULT_REGION` (a national number such as `012-324 0066`, or an international call prefix
   such as `0060…`); anything else is international without the `+` (`60123240066`). Spaces,
   dashes, dots and brackets are ignored.
-- The number must be valid in its numbering plan (`phonenumbers.is_valid_number`).
+- The number must be valid in its numbering plan (of a known type in its region's plan, which
+  is what `phonenumbers.is_valid_number` checks).
 - SMS goes to numbers that can receive it: fixed lines, toll-free, premium-rate, shared-cost,
   UAN and voicemail numbers are refused. WhatsApp also accepts fixed lines (a WhatsApp
   Business account may live on a landline).
@@ -72,9 +73,11 @@ def parse_recipient(raw: str, region: str) -> Destination:
             parsed = phonenumbers.parse("+" + compact, None)
     except NumberParseException:
         raise RecipientError(f"to: not a phone number (got {_shown(raw)})") from None
-    if not phonenumbers.is_valid_number(parsed):
-        raise RecipientError(f"to: not a valid phone number (got {_shown(raw)})")
+    # `is_valid_number` is `number_type(...) != UNKNOWN` for the number's own region: one walk
+    # of the numbering plan's patterns instead of two.
     number_type = phonenumbers.number_type(parsed)
+    if number_type == PhoneNumberType.UNKNOWN:
+        raise RecipientError(f"to: not a valid phone number (got {_shown(raw)})")
     refused = _NOT_FOR_SMS if channel == "sms" else _NOT_FOR_WHATSAPP
     if number_type in refused:
         kind = _TYPE_NAMES.get(number_type, "this kind of number")
