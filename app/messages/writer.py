@@ -26,7 +26,7 @@ from app.messages.idempotency import Claimed, ClaimResult, classify
 from app.messages.repository import Answer, NewSend
 
 # Batches in flight at once per kind: while one commits, the next is written.
-PIPELINE = 8
+PIPELINE = 2
 MAX_BATCH = 128  # sends per batch
 PURGE_EVERY_S = 60.0  # the bulk purge of expired Idempotency-Keys, per process
 
