@@ -31,7 +31,7 @@ from app.messages.recipients import RecipientError, parse_recipient
 from app.models import DeliveryNotification, Message
 from app.pagination import Cursor, before, decode_cursor, encode_cursor
 
-router = APIRouter(tags=["messages"])
+router = APIRouter()  # included in the messages router, which tags its routes
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

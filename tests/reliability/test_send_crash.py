@@ -23,8 +23,6 @@ from tests.reliability import (
     relay_processes,
 )
 
-pytestmark = pytest.mark.postgres
-
 SENDS = 600
 CONCURRENCY = 64
 
