@@ -9,9 +9,9 @@ transaction. A batch of one is the same code.
   key another request holds gets no rows; `existing_claim` then says what that claim means.
 - `record_answers`: BEGIN with the ref locks (`delivery.begin_and_lock_sql`, one round trip),
   one statement that fills in the rows and stores the Idempotency-Key responses, the DNs that
-  beat the answers attached, COMMIT. Each row is only touched while it is still as
-  `insert_rows` left it (`unknown`, no ref), so recording an answer again (after a COMMIT whose
-  outcome was lost with the connection) can never undo a later DN.
+  beat the answers attached (`delivery.attach_waiting_dns`), COMMIT. Each row is only touched
+  while it is still as `insert_rows` left it (`unknown`, no ref), so recording an answer again
+  (after a COMMIT whose outcome was lost with the connection) can never undo a later DN.
 - `purge_expired_keys`: the bulk purge of expired Idempotency-Keys.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.delivery import attach_waiting_dns, begin_and_lock_sql, waiting_dns_exist
 from app.messages.outcome import DESC_MAX, Entry
-from app.notifications.service import begin_and_lock_sql, refresh_messages_pg
 
 
 @dataclass(slots=True)
@@ -105,9 +105,9 @@ _EXISTING_CLAIM = (
 _PURGE_EXPIRED_KEYS = "DELETE FROM idempotency_keys WHERE expires_at <= $1"
 
 # The answers in one statement, after the ref locks: the rows and the stored Idempotency-Key
-# responses. It returns, per recorded ref, whether a DN for it is waiting to be attached (it
-# beat the answer): those are attached in the same transaction.
-_RECORD_ANSWERS = """
+# responses. It returns, per recorded ref, whether a DN for it may be waiting to be attached
+# (it beat the answer): those are attached in the same transaction.
+_RECORD_ANSWERS = f"""
 WITH v AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
                          $6::text[], $7::text[], $8::timestamptz[])
@@ -122,17 +122,8 @@ UPDATE messages m SET status = v.status, ref = v.ref, submit_code = v.code,
     submit_desc = v.descr, rate = v.rate, currency = v.currency,
     submitted_at = v.submitted_at, updated_at = $9
 FROM v WHERE m.id = v.id AND m.status = 'unknown' AND m.ref IS NULL
-RETURNING m.id, m.ref, EXISTS (
-    SELECT 1 FROM delivery_notifications d WHERE d.msgid = m.ref AND d.message_id IS NULL
-)
-"""
-# DNs stored before their message had a ref, for every ref at once.
-_ATTACH_DNS = """
-UPDATE delivery_notifications d SET message_id = v.id
-FROM unnest($1::bigint[], $2::text[]) AS v(id, ref)
-WHERE d.msgid = v.ref AND d.message_id IS NULL
-RETURNING d.message_id
-"""
+RETURNING m.id, m.ref, {waiting_dns_exist("m.ref")}
+"""  # noqa: S608 - fixed text only
 
 
 async def insert_rows(apg: Any, sends: list[NewSend], now: datetime) -> list[bool]:
@@ -217,14 +208,4 @@ async def record_answers(apg: Any, answers: list[Answer], now: datetime) -> None
     """Record the answers; inside the transaction `begin_for` opened (or autocommitted when
     it said None)."""
     recorded = await apg.fetch(_RECORD_ANSWERS, *answer_args(answers, now))
-    await attach_dns(apg, {row[0]: row[1] for row in recorded if row[2]})
-
-
-async def attach_dns(apg: Any, refs_by_message: dict[int, str]) -> None:
-    """Attach DNs that arrived before their message had a ref, then recompute those messages
-    from their last DN. Inside the transaction that records the refs, after the ref locks."""
-    if not refs_by_message:
-        return
-    ids, refs = list(refs_by_message), list(refs_by_message.values())
-    attached = await apg.fetch(_ATTACH_DNS, ids, refs)
-    await refresh_messages_pg(apg, sorted({row[0] for row in attached}))
+    await attach_waiting_dns(apg, {row[0]: row[1] for row in recorded if row[2]})

@@ -467,9 +467,9 @@ async def test_database_unreachable_is_a_503_before_any_upstream_call(
 
 
 def _attach_failing(times: int | None, exc: Exception) -> tuple[Any, list[int]]:
-    """`repository.attach_dns` failing `times` times (None: always), then the real one. The one
-    fault a real database will not produce on cue: it fails mid-fill-in."""
-    real_attach = repository.attach_dns
+    """`repository.attach_waiting_dns` failing `times` times (None: always), then the real
+    one. The one fault a real database will not produce on cue: it fails mid-fill-in."""
+    real_attach = repository.attach_waiting_dns
     calls = [0]
 
     async def attach(*args: Any) -> None:
@@ -490,7 +490,7 @@ async def test_an_answer_the_database_missed_is_recorded_once_it_is_back(
     """Down for longer than the send waits: the caller gets the provider's answer at once,
     the refs are logged, and the rows get them in the background when the database is back."""
     attach, calls = _attach_failing(5, _CUT)  # 3 tries in the send, 2 in the background
-    monkeypatch.setattr(repository, "attach_dns", attach)
+    monkeypatch.setattr(repository, "attach_waiting_dns", attach)
     late = relay.state.send_service.recorder
     late.retry_delays_s = (0.0, 0.0)
     late.late_delays_s, late.late_every_s = (0.0, 0.0), 0.0
@@ -519,7 +519,7 @@ async def test_a_failure_other_than_an_outage_is_logged_for_reconciliation_not_r
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attach, calls = _attach_failing(None, ValueError("a bug"))
-    monkeypatch.setattr(repository, "attach_dns", attach)
+    monkeypatch.setattr(repository, "attach_waiting_dns", attach)
     lines = LogCapture()
     logging.getLogger().addHandler(lines)
     try:
@@ -539,7 +539,7 @@ async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
     db_url: str, simulator: Simulator, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attach, calls = _attach_failing(None, _CUT)
-    monkeypatch.setattr(repository, "attach_dns", attach)
+    monkeypatch.setattr(repository, "attach_waiting_dns", attach)
     lines = LogCapture()
     async with run_relay(relay_settings(db_url, simulator.base_url)) as relay:
         recorder = relay.state.send_service.recorder
@@ -562,7 +562,7 @@ async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
 async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_attach = repository.attach_dns
+    real_attach = repository.attach_waiting_dns
     calls = 0
 
     async def attach_failing_once(*args: Any) -> None:
@@ -572,7 +572,7 @@ async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
             raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
         await real_attach(*args)
 
-    monkeypatch.setattr(repository, "attach_dns", attach_failing_once)
+    monkeypatch.setattr(repository, "attach_waiting_dns", attach_failing_once)
     r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
     assert r.status_code == 201
     [row] = await rows(engine)

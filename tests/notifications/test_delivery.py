@@ -287,11 +287,6 @@ async def test_simulator_suffixed_dns_end_delivered(db_url: str, engine: AsyncEn
     assert await _statuses(engine) == {n: ("delivered", 1) for n in SUFFIXED}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/messages records its answer with an exact-msgid EXISTS; it must use "
-    "app.delivery.waiting_dns_exist (then delete this marker)",
-)
 async def test_simulator_suffixed_dns_that_beat_the_answer_end_delivered(
     db_url: str, engine: AsyncEngine
 ) -> None:
