@@ -57,7 +57,9 @@ _FROM_LAST_DN = {
                  ELSE messages.status END
         WHEN upper(d.status) = 'DELIVERED' THEN 'delivered'
         ELSE 'undelivered' END""",
-    "final_at": f"CASE WHEN {_IS_FINAL} THEN d.received_at ELSE NULL END",
+    # An expired message keeps the time it expired until a final DN decides it.
+    "final_at": f"""CASE WHEN {_IS_FINAL} THEN d.received_at
+        WHEN messages.status = 'expired' THEN messages.final_at ELSE NULL END""",
 }
 # Never move a message back to an older DN, whatever the commit order.
 _ONLY_FORWARD = "(messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)"

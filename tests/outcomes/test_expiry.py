@@ -85,6 +85,7 @@ async def test_a_non_final_dn_leaves_an_expired_message_expired(
         sent = await send(relay, NO_DN)
         await past_deadline()
         await sweeper(relay).run_once()
+        expired = await lookup(relay, sent["ref"])
 
         dn = {"msgid": sent["ref"], "status": "ACCEPTED"}
         assert (await relay.client.post(HOOK, data=dn)).status_code == 200
@@ -92,6 +93,7 @@ async def test_a_non_final_dn_leaves_an_expired_message_expired(
         after = await lookup(relay, sent["ref"])
         assert after["status"] == "expired"
         assert after["delivery_status"] == "ACCEPTED" and after["dn_count"] == 1
+        assert after["final_at"] == expired["final_at"]  # still when it expired
 
 
 async def test_only_pending_messages_past_the_deadline_expire(
