@@ -1,6 +1,7 @@
 """The DN writer's database work per batch, without HTTP (run by hand).
 
     .venv/bin/python bench/dn_batch.py [--sizes 64,128,256] [--batches 200] [--messages 6667]
+                                       [--no-stats-triggers]
 
 On a throw-away database (BENCH_DATABASE_URL's server, default
 postgresql://postgres@127.0.0.1/postgres), migrated and seeded with `--messages` messages
@@ -36,6 +37,11 @@ async def main() -> None:
     parser.add_argument("--sizes", default="64,128,256")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--messages", type=int, default=6667)
+    parser.add_argument(
+        "--no-stats-triggers",
+        action="store_true",
+        help="without the statistics rollup's triggers on messages (to measure what they cost)",
+    )
     args = parser.parse_args()
     db_url, admin_dsn = await create_database("relay_batch")
     try:
@@ -48,6 +54,11 @@ async def main() -> None:
             refs,
         )
         await conn.execute("ANALYZE")
+        if args.no_stats_triggers:
+            await conn.execute(
+                "ALTER TABLE messages DISABLE TRIGGER message_stats_insert,"
+                " DISABLE TRIGGER message_stats_update, DISABLE TRIGGER message_stats_delete"
+            )
         rng = random.Random(7)
         print(f"{args.messages:,} messages; mean ms per batch (serial, one connection):")
         print(f"{'DNs':>5} {'BEGIN+locks':>12} {'statement':>10} {'COMMIT':>8} {'total':>8}")
