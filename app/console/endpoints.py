@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, FastAPI, Form, Path, Request
+from fastapi import FastAPI, Form, Path, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from app.console import repository
@@ -31,10 +31,10 @@ from app.console.web import (
     STATIC_DIR,
     STATIC_URL,
     ConsoleDep,
-    ConsoleRoute,
     OperatorDep,
     PageError,
     render,
+    router,
     safe_next,
 )
 from app.deps import SessionDep, StateDep
@@ -44,8 +44,6 @@ from app.ops.static import CachedStaticFiles
 from app.pagination import Cursor, decode_cursor, encode_cursor
 
 log = structlog.get_logger("app.console")
-
-router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 
 PAGE_SIZE = 50
 CSV_BATCH = 2_000
@@ -171,7 +169,7 @@ async def messages_page(
     next_link = None
     status = 200
     if filters is not None:
-        after = _cursor(request.query_params.get("cursor"))
+        after = decode_page_cursor(request.query_params.get("cursor"))
         rows = await repository.search(session, filters, after=after, limit=PAGE_SIZE)
         if len(rows) > PAGE_SIZE:
             rows = rows[:PAGE_SIZE]
@@ -196,7 +194,7 @@ async def messages_page(
     )
 
 
-def _cursor(raw: str | None) -> Cursor | None:
+def decode_page_cursor(raw: str | None) -> Cursor | None:
     if not raw:
         return None
     try:

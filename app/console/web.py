@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
@@ -153,6 +153,10 @@ class ConsoleRoute(APIRoute):
             return response
 
         return guarded
+
+
+# Every console page is a route of this router (endpoints.py, callback_pages.py).
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 
 
 def _error_page(request: Request, exc: PageError) -> HTMLResponse:
