@@ -3,7 +3,9 @@ once per fall under LOW_BALANCE_THRESHOLD, saved off the send path and read back
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,11 +16,15 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.bulk360 import balance
 from app.bulk360.balance import BalanceTracker
 from app.bulk360.repository import BalanceReading, latest_balances, save_balances
 from app.bulk360.simulator import Simulator
 from app.config import ConfigError, load_settings
+from app.db import create_engine
+from app.ops.logging import configure_logging
 from tests.conftest import Relay, RelayFactory
+from tests.reliability.pgproxy import PgProxy
 
 SEND = "/v1/messages"
 
@@ -29,9 +35,12 @@ class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
+        self.on_warning: Callable[[], None] = lambda: None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+        if record.levelno == logging.WARNING:
+            self.on_warning()
 
     def warnings(self) -> list[dict[str, Any]]:
         lines = [r for r in self.records if r.levelno == logging.WARNING]
@@ -40,6 +49,9 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def balance_log() -> Any:
+    # Through the standard library, as the app sets it up (a relay started in the test does
+    # the same again), so the handler below sees the lines however the test runs.
+    configure_logging("INFO", "json")
     handler = Records()
     logger = logging.getLogger("app.bulk360.balance")
     logger.addHandler(handler)
@@ -170,3 +182,33 @@ def test_a_bad_low_balance_threshold_refuses_to_start(raw: str) -> None:
 def test_low_balance_threshold_is_a_decimal() -> None:
     settings = load_settings(low_balance_threshold="150.50", _env_file=None)
     assert settings.low_balance_threshold == Decimal("150.50")
+
+
+async def test_a_database_outage_delays_the_saving_and_the_latest_wins(
+    db_url: str, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, balance_log: Records
+) -> None:
+    monkeypatch.setattr(balance, "WRITE_INTERVAL_S", 0.01)  # retries come quickly
+    proxy = PgProxy.for_url(db_url)
+    await proxy.start()
+    proxied = create_engine(proxy.url(db_url), pool_size=1)
+    tracker = BalanceTracker()
+    first_failure = asyncio.Event()
+    balance_log.on_warning = first_failure.set
+    try:
+        await tracker.start(proxied)
+        await proxy.stop()  # the database goes away
+        tracker.record("7.0000", "MYR")
+        async with asyncio.timeout(10):
+            await first_failure.wait()
+        tracker.record("6.0000", "MYR")  # recorded while down: the send never waits
+        await proxy.start()
+        await tracker.wait_saved()
+    finally:
+        await tracker.stop()
+        await proxied.dispose()
+        await proxy.stop()
+    async with engine.connect() as conn:
+        [saved] = await latest_balances(conn)
+    assert saved.amount == Decimal("6.0000")
+    events = [w["event"] for w in balance_log.warnings()]
+    assert events == ["bulk360 balance not saved; retrying"]
