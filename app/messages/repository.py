@@ -12,7 +12,7 @@ transaction. A batch of one is the same code.
   beat the answers attached (`delivery.attach_waiting_dns`), COMMIT. Each row is only touched
   while it is still as `insert_rows` left it (`unknown`, no ref), so recording an answer again
   (after a COMMIT whose outcome was lost with the connection) can never undo a later DN.
-- `purge_expired_keys`: the bulk purge of expired Idempotency-Keys.
+- Expired Idempotency-Keys are purged by the periodic sweep (app/outcomes/sweeps.py).
 """
 
 from __future__ import annotations
@@ -102,8 +102,6 @@ _EXISTING_CLAIM = (
     "SELECT request_hash, response_status, response_body, created_at FROM idempotency_keys "
     "WHERE api_key_name = $1 AND key = $2"
 )
-_PURGE_EXPIRED_KEYS = "DELETE FROM idempotency_keys WHERE expires_at <= $1"
-
 # The answers in one statement, after the ref locks: the rows and the stored Idempotency-Key
 # responses. It returns, per recorded ref, whether a DN for it may be waiting to be attached
 # (it beat the answer): those are attached in the same transaction.
@@ -167,10 +165,6 @@ async def insert_rows(apg: Any, sends: list[NewSend], now: datetime) -> list[boo
 async def existing_claim(apg: Any, api_key_name: str, key: str) -> Any:
     """The row of a claim `insert_rows` could not take (None if it has gone meanwhile)."""
     return await apg.fetchrow(_EXISTING_CLAIM, api_key_name, key)
-
-
-async def purge_expired_keys(apg: Any, now: datetime) -> None:
-    await apg.execute(_PURGE_EXPIRED_KEYS, now)
 
 
 def answer_args(answers: list[Answer], now: datetime) -> tuple[Any, ...]:

@@ -14,7 +14,6 @@ never while the provider answers.
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +27,6 @@ from app.messages.repository import Answer, NewSend
 # Batches in flight at once per kind: while one commits, the next is written.
 PIPELINE = 2
 MAX_BATCH = 128  # sends per batch
-PURGE_EVERY_S = 60.0  # the bulk purge of expired Idempotency-Keys, per process
 
 
 class SendWriter:
@@ -45,7 +43,6 @@ class SendWriter:
         self._answers = GroupCommit(
             self._record_batch, kind="answers", max_batch=MAX_BATCH, pipeline=PIPELINE
         )
-        self.last_purge = float("-inf")
 
     async def claim_and_insert(self, send: NewSend) -> ClaimResult:
         """Claim the send's key (if any) and insert its rows, committed; or say what the
@@ -70,10 +67,6 @@ class SendWriter:
     async def _insert_batch(self, sends: list[NewSend]) -> None:
         now = utcnow()
         async with pooled_asyncpg(self._engine) as apg:
-            tick = time.monotonic()
-            if tick - self.last_purge >= PURGE_EVERY_S and any(s.key for s in sends):
-                self.last_purge = tick
-                await repository.purge_expired_keys(apg, now)
             inserted = await repository.insert_rows(apg, sends, now)
             for send, ok in zip(sends, inserted, strict=True):
                 send.inserted = ok
