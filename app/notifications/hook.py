@@ -2,8 +2,8 @@
 
 The hook is the hot path: Bulk360 may post thousands of DNs a second. It reads the raw ASGI
 request (no typed parameters, no pydantic per DN, no FastAPI per-request wrappers: see
-`DNHookRoute`), validates by hand, and awaits the commit of the group-commit batch holding its
-DN (`writer.DNWriter`). Answers:
+`DNHookRoute`), validates by hand (inbound.py), and awaits the commit of the group-commit
+batch holding its DN (`writer.DNWriter`). Answers:
 
 - 200 `OK` once the DN's transaction has committed;
 - 400 naming the missing or invalid field, 413 for a body over 16 KiB, 415 for a body that is
