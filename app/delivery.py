@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from app.bulk360.codes import DN_STATUSES, NON_FINAL_DN_CODES, ErrorCategory, message_error_category
+from app.vocabulary import MessageStatus
 
 # A msgid is cut at its last few separators only: real ones carry one or two suffixes
 # (`-0`, `.0602-0`) after a ref with at most one `-`; a longer run is not worth a lock each.
@@ -46,6 +47,12 @@ _IS_FINAL = (
     f" AND coalesce(d.error_code, '') NOT IN ({_NON_FINAL_CODES_SQL}))"
 )
 
+_DELIVERED, _UNDELIVERED, _PENDING = (
+    MessageStatus.DELIVERED.value,
+    MessageStatus.UNDELIVERED.value,
+    MessageStatus.PENDING.value,
+)
+
 # The message's delivery fields, from its last DN `d`.
 _FROM_LAST_DN = {
     "last_dn_seq": "d.id",
@@ -53,13 +60,14 @@ _FROM_LAST_DN = {
     "error_code": "d.error_code",
     "error_description": "d.error_description",
     "status": f"""CASE WHEN NOT {_IS_FINAL} THEN
-            CASE WHEN messages.status IN ('delivered', 'undelivered') THEN 'pending'
+            CASE WHEN messages.status IN ('{_DELIVERED}', '{_UNDELIVERED}') THEN '{_PENDING}'
                  ELSE messages.status END
-        WHEN upper(d.status) = 'DELIVERED' THEN 'delivered'
-        ELSE 'undelivered' END""",
-    # An expired message keeps the time it expired until a final DN decides it.
+        WHEN upper(d.status) = 'DELIVERED' THEN '{_DELIVERED}'
+        ELSE '{_UNDELIVERED}' END""",
+    # A non-final DN keeps an expired message's final_at (when it expired) with its status.
     "final_at": f"""CASE WHEN {_IS_FINAL} THEN d.received_at
-        WHEN messages.status = 'expired' THEN messages.final_at ELSE NULL END""",
+        WHEN messages.status IN ('{_DELIVERED}', '{_UNDELIVERED}') THEN NULL
+        ELSE messages.final_at END""",
 }
 # Never move a message back to an older DN, whatever the commit order.
 _ONLY_FORWARD = "(messages.last_dn_seq IS NULL OR messages.last_dn_seq <= d.id)"
@@ -146,7 +154,7 @@ def category_of_dn(status: str, error_code: str | None) -> ErrorCategory:
     """A DN's error category: its message's, were this DN its last (a non-final DN leaves the
     message as it was, `pending` in the common case)."""
     final = status.upper() in DN_STATUSES and error_code not in NON_FINAL_DN_CODES
-    return message_error_category(status.lower() if final else "pending", error_code, None)
+    return message_error_category(status.lower() if final else _PENDING, error_code, None)
 
 
 def candidate_refs(msgid: str) -> list[str]:

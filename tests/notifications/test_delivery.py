@@ -318,10 +318,13 @@ async def test_an_expired_message_stays_expired_until_a_final_dn(
     relay: Relay, engine: AsyncEngine, status: str, code: str, expected: str
 ) -> None:
     message_id = await add_message(engine, "silent", status="expired")
+    async with engine.begin() as conn:  # as the expiry sweep leaves it
+        await conn.execute(text("UPDATE messages SET final_at = now() - interval '1 hour'"))
+    expired_at = (await message(engine, message_id))["final_at"]
 
     params = {"msgid": "silent-0", "status": status, "error-code": code}  # suffixed, too
     assert (await relay.client.get(HOOK, params=params)).status_code == 200
 
     m = await message(engine, message_id)
     assert (m["status"], m["dn_count"]) == (expected, 1)
-    assert (m["final_at"] is not None) == (expected != "expired")
+    assert (m["final_at"] == expired_at) == (expected == "expired")
