@@ -172,26 +172,29 @@ def candidate_refs(msgid: str) -> list[str]:
     return refs
 
 
-def plan_dn_batch(msgids: Sequence[str]) -> tuple[str, list[int], list[str]]:
-    """What a DN batch needs besides its rows: BEGIN with its locks as one simple query (each
-    msgid exclusive, its cuts shared, in key order), and its cuts as two parallel arrays (the
-    msgid's 1-based position in `msgids`, the cut) for the batch's statement."""
-    positions: list[int] = []
-    cuts: list[str] = []
-    for position, msgid in enumerate(msgids, 1):
-        if "-" in msgid or "." in msgid:  # most msgids have no cut: no scan
-            more = candidate_refs(msgid)[1:]
-            positions += [position] * len(more)
-            cuts += more
+def cuts_sql(msgid: str) -> str:
+    """SQL for `candidate_refs(msgid)[1:]` (`msgid`: an SQL expression): the same cuts, longest
+    first; an empty array for a msgid without `-` or `.` (tests/notifications pin the two)."""
+    series = f"generate_series(length({msgid}), 2, -1) AS p"
+    return (
+        f"ARRAY(SELECT left({msgid}, p - 1) FROM {series}"  # noqa: S608 - our SQL, never input
+        f" WHERE substr({msgid}, p, 1) IN ('-', '.') ORDER BY p DESC LIMIT {MAX_SUFFIX_CUTS})"
+    )
+
+
+def begin_dn_batch_sql(msgids: Iterable[str]) -> str:
+    """BEGIN and a DN batch's locks as one simple query: each msgid's exclusive, its cuts'
+    shared, in key order."""
     exclusive = set(msgids)
     modes = {lock_key(ref): True for ref in exclusive}
-    for ref in set(cuts) - exclusive:
-        modes.setdefault(lock_key(ref), False)
+    for msgid in exclusive:
+        if "-" in msgid or "." in msgid:  # most msgids have no cut: no scan
+            for ref in candidate_refs(msgid)[1:]:
+                modes.setdefault(lock_key(ref), False)
     keys = sorted(modes)
-    begin = _DN_LOCK_SQL.format(
+    return _DN_LOCK_SQL.format(
         keys=",".join(map(str, keys)), modes=",".join("t" if modes[k] else "f" for k in keys)
     )
-    return begin, positions, cuts
 
 
 def lock_key(ref: str) -> int:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from throwaway_db import create_database, drop_database  # noqa: E402
 
-from app.delivery import plan_dn_batch  # noqa: E402
+from app.delivery import begin_dn_batch_sql  # noqa: E402
 from app.notifications.repository import STORE_BATCH  # noqa: E402
 from app.notifications.writer import InboundDN  # noqa: E402
 from tests.reliability import asyncpg_dsn  # noqa: E402
@@ -78,10 +78,9 @@ async def main() -> None:
                     for _ in range(size)
                 ]
                 t0 = time.perf_counter()
-                begin, positions, cuts = plan_dn_batch([dn.msgid for dn in dns])
-                await conn.execute(begin)
+                await conn.execute(begin_dn_batch_sql(dn.msgid for dn in dns))
                 t1 = time.perf_counter()
-                await conn.execute(STORE_BATCH, *zip(*dns, strict=True), positions, cuts)
+                await conn.execute(STORE_BATCH, *zip(*dns, strict=True))
                 t2 = time.perf_counter()
                 await conn.execute("COMMIT")
                 t3 = time.perf_counter()

@@ -8,23 +8,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery import APPLY_BATCH_SET, plan_dn_batch
+from app.delivery import APPLY_BATCH_SET, begin_dn_batch_sql, cuts_sql
 from app.models import DeliveryNotification
 
 # The whole batch in one statement (after the locks):
-# - `cut`: for the msgids with a suffix, their longest cut candidate that is a ref (one probe
-#   of the unique index on messages.ref per candidate; none for a msgid without `-` or `.`);
 # - `ins`: insert in arrival order, drawing ids (the receipt sequence), matched to the message
-#   whose ref is the msgid, else to `cut`'s;
+#   whose ref is the msgid, else (only for a msgid with no such message and a `-` or `.`: the
+#   lateral subquery is skipped for the others) to the longest of its cuts that is a ref, each
+#   cut one probe of the unique index on messages.ref;
 # - then move each matched message to its newest DN of the batch (delivery.APPLY_BATCH_SET:
 #   never backwards, counted exactly).
-_STORE_HEAD = """
-WITH cut AS (
-    SELECT DISTINCT ON (c.pos) c.pos, m.id
-    FROM unnest($8::int[], $9::text[]) AS c(pos, ref)
-    JOIN messages m ON m.ref = c.ref
-    ORDER BY c.pos, length(c.ref) DESC
-), ins AS (
+_STORE_HEAD = f"""
+WITH ins AS (
     INSERT INTO delivery_notifications
         (msgid, status, error_code, error_description, msisdn, raw, received_at, message_id)
     SELECT t.msgid, t.status, t.error_code, t.error_description, t.msisdn, t.raw,
@@ -33,7 +28,12 @@ WITH cut AS (
                 $7::float8[]) WITH ORDINALITY
          AS t(msgid, status, error_code, error_description, msisdn, raw, ts, ord)
     LEFT JOIN messages m ON m.ref = t.msgid
-    LEFT JOIN cut ON cut.pos = t.ord
+    LEFT JOIN LATERAL (
+        SELECT c.id FROM messages c
+        WHERE m.id IS NULL AND (strpos(t.msgid, '-') > 0 OR strpos(t.msgid, '.') > 0)
+          AND c.ref = ANY ({cuts_sql("t.msgid")})
+        ORDER BY length(c.ref) DESC LIMIT 1
+    ) AS cut ON true
     ORDER BY t.ord
     RETURNING id, message_id, status, error_code, error_description, received_at
 ), d AS (
@@ -42,12 +42,12 @@ WITH cut AS (
     FROM ins WHERE message_id IS NOT NULL
     ORDER BY message_id, id DESC
 )
-UPDATE messages SET """
+UPDATE messages SET """  # noqa: S608 - fixed text only
 _STORE_TAIL = "\nFROM d WHERE messages.id = d.message_id\n"
 STORE_BATCH = _STORE_HEAD + APPLY_BATCH_SET + _STORE_TAIL  # fixed text only
 
 # What `STORE_BATCH` takes for an empty batch (the writer's warm-up prepares it this way).
-EMPTY_BATCH: tuple[list[Any], ...] = ([],) * 9
+EMPTY_BATCH: tuple[list[Any], ...] = ([],) * 7
 
 
 async def begin_and_store(apg: Any, dns: Sequence[tuple[Any, ...]]) -> None:
@@ -55,11 +55,10 @@ async def begin_and_store(apg: Any, dns: Sequence[tuple[Any, ...]]) -> None:
     an asyncpg connection, in two round trips; the caller commits (or rolls back). The ids are
     drawn when this returns. `dns`: rows of (msgid, status, error_code, error_description,
     msisdn, raw, received_ts)."""
-    begin, positions, cuts = plan_dn_batch([dn[0] for dn in dns])
     # Lock before inserting: the INSERT's snapshot then sees any ref committed by a send that
     # held the lock, and a send waiting for it sees these DNs once they are committed.
-    await apg.execute(begin)
-    await apg.execute(STORE_BATCH, *zip(*dns, strict=True), positions, cuts)
+    await apg.execute(begin_dn_batch_sql(dn[0] for dn in dns))
+    await apg.execute(STORE_BATCH, *zip(*dns, strict=True))
 
 
 async def list_dns(

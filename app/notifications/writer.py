@@ -7,7 +7,7 @@ so under load one fsync covers hundreds of DNs instead of one.
 
 In that transaction, in this order, in three round trips:
 1. BEGIN and the advisory locks of every msgid (exclusive) and of its suffix cuts (shared),
-   sorted, as one simple query (`delivery.plan_dn_batch`): the locks the send path
+   sorted, as one simple query (`delivery.begin_dn_batch_sql`): the locks the send path
    takes on a ref it records (exclusive), so a DN and its message never race;
 2. one statement (`repository.STORE_BATCH`): `INSERT ... SELECT ... FROM unnest(...) WITH
    ORDINALITY ORDER BY ordinality`, which draws ids (the receipt sequence) in arrival order

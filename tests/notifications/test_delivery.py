@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.simulator import Simulator, SimulatorConfig
-from app.delivery import MAX_SUFFIX_CUTS, candidate_refs, lock_key, plan_dn_batch
+from app.delivery import MAX_SUFFIX_CUTS, begin_dn_batch_sql, candidate_refs, cuts_sql, lock_key
 from app.main import create_app
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import InboundDN
@@ -60,15 +61,29 @@ def test_candidate_refs_are_the_msgid_then_its_cuts_longest_first(
 
 
 def test_a_batch_locks_its_msgids_exclusive_and_their_cuts_shared() -> None:
-    begin, positions, cuts = plan_dn_batch(["plain", "x-0", "y.1-2", "x"])
+    begin = begin_dn_batch_sql(["plain", "x-0", "y.1-2", "x"])
 
-    assert (positions, cuts) == ([2, 3, 3], ["x", "y.1", "y"])
     keys = {lock_key(r): r for r in ("plain", "x-0", "y.1-2", "x", "y.1", "y")}
     listed = begin.split("'{")[1].split("}'")[0].split(",")
     modes = begin.split("'{")[2].split("}'")[0].split(",")
     assert [int(k) for k in listed] == sorted(keys)
     shared = {keys[int(k)] for k, mode in zip(listed, modes, strict=True) if mode == "f"}
     assert shared == {"y.1", "y"}  # `x` is a msgid of the batch too: exclusive
+
+
+async def test_the_sql_cuts_are_the_python_cuts(db_url: str) -> None:
+    """The batch's statement matches on `cuts_sql`, the locks are taken on `candidate_refs`:
+    a cut missing from either would let a DN and its send race."""
+    rng = random.Random(0)
+    msgids = ["plain", f"{MULTI}-0", f"{SINGLE}.0602-0", "-lead", "X--0", "x-", ".", "a-b-c-d-e-f"]
+    msgids += ["".join(rng.choices("ab-.", k=rng.randrange(12))) for _ in range(500)]
+    conn = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        rows = await conn.fetch(f"SELECT m, {cuts_sql('m')} FROM unnest($1::text[]) AS m", msgids)
+    finally:
+        await conn.close()
+
+    assert [(row[0], row[1]) for row in rows] == [(m, candidate_refs(m)[1:]) for m in msgids]
 
 
 async def _store(db_url: str, batch: list[InboundDN]) -> None:
