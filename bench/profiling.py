@@ -1,14 +1,22 @@
-"""Profiling helpers for the benchmarks: a process's CPU time, py-spy around a phase."""
+"""Measuring helpers for the benchmarks: a process's CPU time, py-spy around a phase, the
+database's connection count and its ceiling without group commit."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
 
 
 def process_cpu(pid: int) -> float:
@@ -87,3 +95,62 @@ def summarise_profile(raw: Path, top: int = 25) -> None:
     shown = [(f, n) for f, n in total.most_common() if n < 0.9 * samples]
     for f, n in shown[: top + 15]:
         print(f"    {n / samples:6.1%}  {f}")
+
+
+async def db_ceiling(
+    dsn: str, requests: int, concurrency: int, connections: int
+) -> dict[str, float]:
+    """The durable minimum per one-recipient send, with no HTTP: INSERT+COMMIT, UPDATE+COMMIT."""
+    pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def one(n: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            mid = await conn.fetchval(
+                "INSERT INTO messages (send_id, api_key_name, channel, msisdn, status,"
+                " created_at, updated_at) VALUES ($1, 'bench', 'sms', $2, 'unknown',"
+                " now(), now()) RETURNING id",
+                str(uuid.uuid4()),
+                f"6019{n % 10_000_000:07d}",
+            )
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE messages SET status = 'pending', ref = $2, submitted_at = now(),"
+                " updated_at = now() WHERE id = $1",
+                mid,
+                f"ceiling-{n}",
+            )
+
+    async def worker() -> None:
+        for n in counter:
+            started = time.perf_counter()
+            await one(n)
+            latencies.append(time.perf_counter() - started)
+
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    finally:
+        await pool.close()
+    latencies.sort()
+    return {
+        "rps": requests / wall,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "client_cpu": float("nan"),
+    }
+
+
+async def sessions_opened(admin_dsn: str, db: str) -> int:
+    """Connections ever opened to the bench database (pool churn shows up here)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        value = await conn.fetchval(
+            "SELECT sessions FROM pg_stat_database WHERE datname = $1", make_url(db).database
+        )
+        return int(value or 0)
+    finally:
+        await conn.close()

@@ -48,19 +48,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from profiling import process_cpu, start_profiler, summarise_profile  # noqa: E402
+from profiling import (  # noqa: E402
+    db_ceiling,
+    process_cpu,
+    sessions_opened,
+    start_profiler,
+    summarise_profile,
+)
 from throwaway_db import create_database, drop_database  # noqa: E402
 
 from app.config import Settings, hash_api_key  # noqa: E402
@@ -139,65 +143,6 @@ async def run_phase(call: Call, requests: int, concurrency: int) -> dict[str, fl
         wall = time.perf_counter() - t0
         cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0
     return {**stats(latencies, requests, wall), "client_cpu": cpu / wall}
-
-
-async def db_ceiling(
-    dsn: str, requests: int, concurrency: int, connections: int
-) -> dict[str, float]:
-    """The durable minimum per one-recipient send, with no HTTP: INSERT+COMMIT, UPDATE+COMMIT."""
-    pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
-    latencies: list[float] = []
-    counter = iter(range(requests))
-
-    async def one(n: int) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            mid = await conn.fetchval(
-                "INSERT INTO messages (send_id, api_key_name, channel, msisdn, status,"
-                " created_at, updated_at) VALUES ($1, 'bench', 'sms', $2, 'unknown',"
-                " now(), now()) RETURNING id",
-                str(uuid.uuid4()),
-                msisdn(n),
-            )
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE messages SET status = 'pending', ref = $2, submitted_at = now(),"
-                " updated_at = now() WHERE id = $1",
-                mid,
-                f"ceiling-{n}",
-            )
-
-    async def worker() -> None:
-        for n in counter:
-            started = time.perf_counter()
-            await one(n)
-            latencies.append(time.perf_counter() - started)
-
-    try:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    finally:
-        await pool.close()
-    latencies.sort()
-    return {
-        "rps": requests / wall,
-        "p50": statistics.median(latencies) * 1000,
-        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "client_cpu": float("nan"),
-    }
-
-
-async def sessions_opened(admin_dsn: str, db: str) -> int:
-    """Connections ever opened to the bench database (pool churn shows up here)."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        value = await conn.fetchval(
-            "SELECT sessions FROM pg_stat_database WHERE datname = $1", make_url(db).database
-        )
-        return int(value or 0)
-    finally:
-        await conn.close()
 
 
 def msisdn(n: int) -> str:

@@ -208,15 +208,7 @@ async def list_messages(
     """Messages matching every filter given, newest first, a page at a time."""
     if client_ref is not None and "\x00" in client_ref:  # Postgres cannot compare it: a 500
         raise AppError(422, "validation_error", "client_ref: must not contain NUL characters")
-    msisdn = None
-    if to is not None:
-        msisdn, prefixed = normalise_to(to, state.settings.default_region)
-        if prefixed is not None:
-            if channel is not None and channel != prefixed:
-                raise AppError(
-                    422, "validation_error", f"channel: {channel!r} contradicts to={to!r}"
-                )
-            channel = prefixed
+    msisdn, channel = _recipient_filter(to, channel, state.settings.default_region)
     query = message_query(
         msisdn=msisdn,
         status=status,
@@ -231,6 +223,21 @@ async def list_messages(
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
     return {"items": [_message_out(m) for m in page], "next_cursor": next_cursor}
+
+
+def _recipient_filter(
+    to: str | None, channel: Channel | None, region: str
+) -> tuple[str | None, Channel | None]:
+    """The `to` filter as digits, and the channel its `whatsapp:` prefix implies (422 when it
+    contradicts `channel`)."""
+    if to is None:
+        return None, channel
+    msisdn, prefixed = normalise_to(to, region)
+    if prefixed is None:
+        return msisdn, channel
+    if channel is not None and channel != prefixed:
+        raise AppError(422, "validation_error", f"channel: {channel!r} contradicts to={to!r}")
+    return msisdn, prefixed
 
 
 def message_query(

@@ -28,7 +28,7 @@ from app.config import Settings
 from app.errors import AppError, is_database_unavailable
 from app.messages import outcome
 from app.messages.idempotency import Claimed, claim_answer, request_hash
-from app.messages.outcome import SendAnswer
+from app.messages.outcome import Entry, SendAnswer
 from app.messages.recipients import RecipientError, normalise_recipients
 from app.messages.recorder import AnswerRecorder
 from app.messages.repository import Answer, NewSend
@@ -108,19 +108,25 @@ class SendService:
         if idempotency_key is not None:
             answer.status, answer.body = status, body
         await self.recorder.record(answer)
+        self._count(new.send_id, status, entries, upstream_requests=len(batches))
+        return SendAnswer(status, body)
+
+    def _count(
+        self, send_id: str, status: int, entries: list[Entry], *, upstream_requests: int
+    ) -> None:
+        """The send's metrics and its log line."""
         for e in entries:
             self._outcomes[e.outcome].inc()
         log.info(
             "send",
-            send_id=new.send_id,
+            send_id=send_id,
             status=status,
             recipients=len(entries),
-            upstream_requests=len(batches),
+            upstream_requests=upstream_requests,
             pending=sum(e.status == "pending" for e in entries),
             rejected=sum(e.status == "rejected" for e in entries),
             unknown=sum(e.status == "unknown" for e in entries),
         )
-        return SendAnswer(status, body)
 
 
 _OUTCOMES = ("pending", "rejected", "insufficient_credit", "unknown")
