@@ -76,13 +76,8 @@ class SendWriter:
                     )
 
     async def _record_batch(self, answers: list[Answer]) -> None:
-        now = utcnow()
-        begin = repository.begin_for(answers)
-        if begin is None:  # nothing to lock or attach: one statement, committed on its own
-            async with pooled_asyncpg(self._engine) as apg:
-                await repository.record_answers(apg, answers, now)
-            return
         # Three round trips: BEGIN with the locks, the statement, COMMIT (a fourth, rarely,
         # for DNs that beat the answer).
-        async with raw_transaction(self._engine, begin) as apg:
+        now = utcnow()
+        async with raw_transaction(self._engine, repository.begin_for(answers)) as apg:
             await repository.record_answers(apg, answers, now)
