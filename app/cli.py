@@ -1,4 +1,5 @@
-"""The `bulk360-relay` command: serve, migrate, simulator, keygen, prune, --version."""
+"""The `bulk360-relay` command: serve, migrate, simulator, keygen, prune, callback-receiver,
+--version."""
 
 from __future__ import annotations
 
@@ -159,6 +160,20 @@ def prune(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(asyncio.run(prune_command(url, older_than, dry_run=dry_run)))
+@cli.command("callback-receiver")
+def callback_receiver(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9100,
+) -> None:
+    """Receive status callbacks: verify each signature (CALLBACK_SIGNING_SECRETS, or the
+    sandbox secret) and print each event; for trying callbacks out, not for production."""
+    from app.callbacks.receiver import run
+
+    settings = _settings()
+    if not settings.callback_secrets:
+        typer.echo("error: CALLBACK_SIGNING_SECRETS is not set", err=True)
+        raise typer.Exit(2)
+    run(host, port, settings.callback_secrets)
 
 
 def main() -> None:

@@ -7,9 +7,11 @@ curl tour works with no configuration, and those defaults never apply in `live` 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import secrets
 from decimal import Decimal
 from functools import cached_property
@@ -22,6 +24,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SANDBOX_APP_KEY = "sandbox-app-key"
 SANDBOX_APP_SECRET = "sandbox-app-secret"  # noqa: S105 - a public sandbox value, not a secret
 SANDBOX_API_KEY = "sandbox"  # the key accepted in sandbox mode when API_KEYS is unset
+# Signs status callbacks in sandbox mode when CALLBACK_SIGNING_SECRETS is unset (public: the
+# README's `callback-receiver` verifies with it).
+SANDBOX_CALLBACK_SECRET = "whsec_YnVsazM2MC1yZWxheS1zYW5kYm94LWNhbGxiYWNrcyE="  # noqa: S105
+DEFAULT_CALLBACK_RETRY_S = "5,30,120,600,1800,3600,10800,21600,43200,86400"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -71,6 +77,14 @@ class Settings(BaseSettings):
     console_secret: SecretStr | None = None
     # The provider balance under which /readyz says low_balance and one WARNING is logged.
     low_balance_threshold: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # Status callbacks (CONTRACT §4.5).
+    callback_urls: str | None = None  # JSON object: API key name -> default callback URL
+    callback_signing_secrets: SecretStr | None = None
+    callback_allowed_hosts: str | None = None
+    callback_timeout_s: float = Field(default=15.0, gt=0)
+    callback_retry_s: str = DEFAULT_CALLBACK_RETRY_S
+    # Callback attempts in flight per process (one receiver gets at most half).
+    callback_concurrency: int = Field(default=128, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -134,6 +148,8 @@ class Settings(BaseSettings):
         # Parse eagerly so a malformed value refuses to start rather than failing later.
         _ = self.api_key_hashes
         _ = self.dn_allowed_networks
+        _ = self.callback_url_defaults, self.callback_secrets, self.callback_allowed
+        _ = self.callback_retry_schedule
         if self.bulk360_mode == "live":
             missing = [
                 name
@@ -150,6 +166,11 @@ class Settings(BaseSettings):
             if missing:
                 raise ConfigError(
                     f"BULK360_MODE=live needs {', '.join(missing)} to be set; refusing to start"
+                )
+            if self.callback_url_defaults and not self.callback_secrets:
+                raise ConfigError(
+                    "CALLBACK_URLS needs CALLBACK_SIGNING_SECRETS (callbacks are always signed); "
+                    "refusing to start"
                 )
         return self
 
@@ -200,6 +221,79 @@ class Settings(BaseSettings):
         return tuple(nets)
 
     @cached_property
+    def callback_url_defaults(self) -> dict[str, str]:
+        """API key name -> default callback URL (CALLBACK_URLS)."""
+        if not self.callback_urls:
+            return {}
+        try:
+            parsed = json.loads(self.callback_urls)
+        except ValueError:
+            raise ConfigError("CALLBACK_URLS: not a JSON object") from None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+        ):
+            raise ConfigError('CALLBACK_URLS: must be a JSON object {"key name": "https://..."}')
+        for name, url in parsed.items():
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"CALLBACK_URLS: the URL for {name!r} is not http(s)")
+        return parsed
+
+    @cached_property
+    def callback_secrets(self) -> tuple[str, ...]:
+        """Every `whsec_` signing secret (sandbox: the fixed sandbox one when unset)."""
+        raw = (
+            self.callback_signing_secrets.get_secret_value()
+            if self.callback_signing_secrets
+            else ""
+        )
+        found = tuple(part.strip() for part in raw.split(",") if part.strip())
+        for position, secret in enumerate(found, 1):
+            body = secret.removeprefix("whsec_")
+            try:
+                ok = (
+                    secret.startswith("whsec_") and len(base64.b64decode(body, validate=True)) >= 16
+                )
+            except ValueError:
+                ok = False
+            if not ok:  # the secret itself is never echoed
+                raise ConfigError(
+                    f"CALLBACK_SIGNING_SECRETS: entry {position} is not whsec_ + base64 "
+                    "of at least 16 bytes"
+                )
+        if not found and self.sandbox:
+            return (SANDBOX_CALLBACK_SECRET,)
+        return found
+
+    @cached_property
+    def callback_allowed(self) -> tuple[tuple[str, ...], tuple[IPNetwork, ...]] | None:
+        """CALLBACK_ALLOWED_HOSTS as (host names and `*.suffix` wildcards, networks); None
+        when unset (any host but link-local)."""
+        if not self.callback_allowed_hosts:
+            return None
+        names: list[str] = []
+        nets: list[IPNetwork] = []
+        for item in (p.strip().lower() for p in self.callback_allowed_hosts.split(",")):
+            if not item:
+                continue
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                if not all(part for part in item.removeprefix("*.").split(".")):
+                    raise ConfigError(f"CALLBACK_ALLOWED_HOSTS: {item!r} is not a host") from None
+                names.append(item)
+        return tuple(names), tuple(nets)
+
+    @cached_property
+    def callback_retry_schedule(self) -> tuple[float, ...]:
+        try:
+            delays = tuple(float(p) for p in self.callback_retry_s.split(",") if p.strip())
+        except ValueError:
+            raise ConfigError("CALLBACK_RETRY_S: comma-separated seconds expected") from None
+        if not all(0 <= d < float("inf") for d in delays):  # NaN fails too
+            raise ConfigError("CALLBACK_RETRY_S: delays must be finite and >= 0")
+        return delays
+
+    @cached_property
     def effective_dn_hook_token(self) -> str:
         if self.dn_hook_token is not None and self.dn_hook_token.get_secret_value().strip():
             return self.dn_hook_token.get_secret_value().strip()
@@ -245,6 +339,10 @@ class Settings(BaseSettings):
             used.append("BULK360_APP_KEY/SECRET unset: fixed sandbox credentials")
         if self.console_secret is None:
             used.append("CONSOLE_SECRET unset: console sign-ins last until this process stops")
+        if not self.callback_signing_secrets:
+            used.append(
+                f"CALLBACK_SIGNING_SECRETS unset: callbacks signed with {SANDBOX_CALLBACK_SECRET}"
+            )
         return used
 
 

@@ -19,6 +19,7 @@ from app.errors import AppError, is_database_unavailable
 if TYPE_CHECKING:
     from app.bulk360.client import Bulk360Client
     from app.bulk360.simulator import Simulator
+    from app.callbacks.dispatcher import CallbackDispatcher
     from app.messages.service import SendService
     from app.notifications.writer import DNWriter
     from app.outcomes.sweeps import Sweeper
@@ -36,6 +37,7 @@ class State:
     send_service: SendService
     simulator: Simulator | None = None
     sweeper: Sweeper | None = None
+    callbacks: CallbackDispatcher | None = None  # None while no signing secret is configured
     extras: dict[str, object] = field(default_factory=dict)
 
 

@@ -14,6 +14,8 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__, embedded
 from app.bulk360.client import Bulk360Client
+from app.callbacks.dispatcher import CallbackDispatcher
+from app.callbacks.endpoints import router as callbacks_router
 from app.config import Settings, load_settings
 from app.console.endpoints import install_console
 from app.db import create_engine, create_sessionmaker
@@ -112,6 +114,15 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         await bulk360.balance.start(engine)
         await dn_writer.start()
         await sweeper.start()
+        callbacks = None
+        if settings.callback_secrets:
+            # DN bursts first (see the dispatcher's docstring).
+            callbacks = CallbackDispatcher(
+                settings,
+                url,
+                ingest_busy=lambda: dn_writer.in_flight + dn_writer.queue_depth >= 50,
+            )
+            await callbacks.start()
         if settings.sandbox:
             log.warning(
                 "sandbox mode: nothing is really sent; "
@@ -127,6 +138,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             send_service=send_service,
             simulator=simulator,
             sweeper=sweeper,
+            callbacks=callbacks,
         )
         if tune_gc:
             _tune_gc()
@@ -138,6 +150,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             await dn_writer.stop()
             await recorder.stop()  # before the engine goes: a last try to record them
             await send_writer.wait()
+            if callbacks is not None:  # after the writer: its last commits may add events
+                await callbacks.stop()
             await bulk360.close()
             await bulk360.balance.stop()  # its last reading saved before the engine goes
             if simulator is not None:
@@ -160,6 +174,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     app.include_router(messages_router)
     app.include_router(notifications_router)
     app.include_router(outcomes_router)
+    app.include_router(callbacks_router)
     app.include_router(ops_router)
     install_offline_docs(app)
     install_console(app)

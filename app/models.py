@@ -6,6 +6,11 @@
   at insert time and is the receipt order (`seq` in the API) - never a clock.
 - `idempotency_keys`: one row per (API key name, Idempotency-Key), holding the stored response.
 - `provider_balances`: the latest balance Bulk360 reported, per currency (app/bulk360/balance.py).
+- `callback_events`: the status-callback outbox. Triggers on `messages` (migration
+  `callback_events`) bump `messages.version` on every change of status, delivery_status or
+  error_code (and when the send's answer is first recorded) and, for a message with a
+  `callback_url`, insert the event with a snapshot of the fields its body needs, in the same
+  transaction as the change. `callback_attempts`: every delivery attempt of an event.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -62,6 +68,10 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Counts the message's changes (bumped by the database trigger); callbacks carry it.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Where status callbacks for this message go (null: none).
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(sql_in("status", MessageStatus), name="status_valid"),
@@ -172,3 +182,71 @@ message_stats_hourly = Table(
     ),
 )
 message_stats_deltas = Table("message_stats_deltas", Base.metadata, *_stats_columns())
+CALLBACK_STATES = ("pending", "delivered", "failed", "superseded", "gone")
+
+
+class CallbackEvent(Base):
+    """One status change of a message to push to its callback URL (written by the trigger)."""
+
+    __tablename__ = "callback_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # No foreign key: its per-event check was most of the trigger's cost (see the migration);
+    # a trigger deletes a message's events with it.
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    # The message as it was at this version: the body is built from these, so every retry
+    # sends the same bytes.
+    ref: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    submit_code: Mapped[int | None] = mapped_column(Integer)  # for error_category
+    delivery_status: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_description: Mapped[str | None] = mapped_column(String(255))
+    dn_count: Mapped[int] = mapped_column(Integer)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    final_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Due time while pending (null otherwise); `claimed_until` is the lease of the process
+    # sending it now: past it, another process may claim the event again.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'delivered', 'failed', 'superseded', 'gone')",
+            name="state_valid",
+        ),
+        Index(
+            "ix_callback_events_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index("ix_callback_events_message_id_id", "message_id", "id"),
+        # Lists are newest first with keyset pagination on (recorded_at, id).
+        Index("ix_callback_events_recorded_at_id", "recorded_at", "id"),
+        Index("ix_callback_events_state_recorded_at_id", "state", "recorded_at", "id"),
+    )
+
+
+class CallbackAttempt(Base):
+    """One HTTP attempt to deliver a callback event, with its outcome."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("callback_events.id", ondelete="CASCADE")
+    )
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(255))
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_callback_attempts_event_id_id", "event_id", "id"),)

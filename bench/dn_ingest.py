@@ -7,6 +7,7 @@
     .venv/bin/python bench/dn_ingest.py --old-messages 500000 --prune-during
                                              # while `bulk360-relay prune` deletes 500,000
                                              # 40-day-old messages and their DNs
+    .venv/bin/python bench/dn_ingest.py --callbacks          # every message has a callback_url
 
 What it does, in one run:
 1. creates a throw-away database on BENCH_DATABASE_URL's server (default
@@ -58,6 +59,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from callbacks import SECRET as CALLBACK_SECRET  # noqa: E402
+from callbacks import start_receiver  # noqa: E402
 from throwaway_db import create_database, drop_database  # noqa: E402
 
 from tests.reliability import asyncpg_dsn  # noqa: E402
@@ -318,6 +321,9 @@ def run_relay(
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "PUBLIC_BASE_URL": base,
         **({"DN_BATCH_MAX": str(args.batch_max)} if args.batch_max else {}),
+        # --callbacks: the relay delivers a status callback per change to a local receiver
+        # (bench/callbacks.py's) while it ingests.
+        **({"CALLBACK_SIGNING_SECRETS": CALLBACK_SECRET} if args.callbacks else {}),
     }
     if args.workers > 1:  # metrics of every worker in one /metrics answer
         (tmp / "prom").mkdir()
@@ -536,6 +542,25 @@ async def seed_old(conn: asyncpg.Connection, count: int) -> None:
 _THIS_RUN = "received_at > now() - interval '1 day'"
 
 
+async def callback_stats(dsn: str) -> dict[str, float]:
+    """The callback events the run made, by state, right after the last DN was answered; then
+    how long the rest takes to go out once the burst is over."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT state, count(*) FROM callback_events GROUP BY state")
+        found = {r["state"]: float(r["count"]) for r in rows}
+        states = ("delivered", "superseded", "pending")
+        stats = {"events": sum(found.values()), **{s: found.get(s, 0.0) for s in states}}
+        started = time.monotonic()
+        sql = "SELECT count(*) FROM callback_events WHERE state = 'pending'"
+        while await conn.fetchval(sql) and time.monotonic() - started < 300:
+            await asyncio.sleep(0.1)
+        stats["drain_s"] = time.monotonic() - started
+    finally:
+        await conn.close()
+    return stats
+
+
 async def verify(dsn: str) -> dict[str, float]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -617,20 +642,31 @@ async def main() -> None:
         action="store_true",
         help="run `bulk360-relay prune --older-than 30` while the DNs arrive",
     )
+    parser.add_argument(
+        "--callbacks", action="store_true", help="every message has a callback_url (a receiver)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get update && apt-get install -y wrk")
 
     db_url, admin_dsn = await create_database("relay_bench")
+    receiver = None
+    callbacks: dict[str, float] = {}
     dsn = asyncpg_dsn(db_url)
     try:
         plan, refs, _last = build_plan(args.dns)
         conn = await asyncpg.connect(dsn)
+        callback_url = None
+        if args.callbacks:
+            receiver_port = free_port()
+            receiver = start_receiver(receiver_port)
+            callback_url = f"http://127.0.0.1:{receiver_port}/hook"
         await conn.execute(
             "INSERT INTO messages (send_id, api_key_name, channel, msisdn, ref, status, dn_count,"
-            " created_at, updated_at) SELECT 'bench', 'bench', 'sms', '60123240066', r, 'pending',"
-            " 0, now(), now() FROM unnest($1::text[]) AS r",
+            " created_at, updated_at, callback_url) SELECT 'bench', 'bench', 'sms',"
+            " '60123240066', r, 'pending', 0, now(), now(), $2 FROM unnest($1::text[]) AS r",
             refs,
+            callback_url,
         )
         if args.old_messages:
             await seed_old(conn, args.old_messages)
@@ -644,6 +680,8 @@ async def main() -> None:
             await checkpoint(dsn)
             relay = await asyncio.to_thread(run_relay, args, db_url, tmp, plan)
             checks = await verify(dsn)
+            if args.callbacks:
+                callbacks = await callback_stats(dsn)
             profile = ""
             if args.profile:
                 shutil.copy(str(relay["profile"]), args.profile_out)
@@ -661,6 +699,9 @@ async def main() -> None:
                         run_baseline, args, app, tmp, paths, dsn
                     )
     finally:
+        if receiver is not None:
+            receiver.kill()
+            receiver.wait()
         await drop_database(admin_dsn, db_url)
 
     n = args.dns
@@ -699,6 +740,13 @@ async def main() -> None:
         f"messages not on their last DN: {checks['wrong_messages']}; "
         f"DNs not attached to their message: {checks['unattached']} -> {'OK' if ok else 'FAILED'}"
     )
+    if callbacks:
+        print(
+            f"  callbacks: {callbacks['events']:,.0f} events ({callbacks['delivered']:,.0f} "
+            f"delivered, {callbacks['superseded']:,.0f} superseded, {callbacks['pending']:,.0f} "
+            f"still pending when the DNs were all answered, all out {callbacks['drain_s']:.1f} s "
+            "later)"
+        )
     for app, r in baselines.items():
         rps = r["requests"] / r["duration_s"]
         print(

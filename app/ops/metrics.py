@@ -88,3 +88,29 @@ SWEEP_SECONDS = Histogram(
     ["kind"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+CALLBACK_EVENTS = Counter(
+    "relay_callback_events_total",
+    "Callback events by the state an attempt or a claim left them in: delivered, retry, "
+    "failed, gone, superseded",
+    ["state"],
+)
+CALLBACK_ATTEMPTS = Counter(
+    "relay_callback_attempts_total",
+    "Callback attempts by outcome: 2xx, 3xx, 4xx, 410, 429, 5xx, timeout, connection_error",
+    ["outcome"],
+)
+CALLBACK_LATENCY = Histogram(
+    "relay_callback_delivery_seconds",
+    "From the change's recording (its transaction) to the receiver's 2xx",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+CALLBACK_QUEUE_DEPTH = Gauge(
+    "relay_callback_pending",
+    "Callback events pending (due or waiting for a retry), database-wide",
+    multiprocess_mode="livemax",  # every process reads the same database figure
+)
+CALLBACK_OLDEST_PENDING = Gauge(
+    "relay_callback_oldest_pending_seconds",
+    "Age of the oldest pending callback event, database-wide (0 when none)",
+    multiprocess_mode="livemax",
+)
