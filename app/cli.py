@@ -160,6 +160,8 @@ def prune(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(asyncio.run(prune_command(url, older_than, dry_run=dry_run)))
+
+
 @cli.command("callback-receiver")
 def callback_receiver(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

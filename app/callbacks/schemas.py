@@ -75,6 +75,8 @@ class CallbackPage(BaseModel):
 class RedeliverOut(BaseModel):
     """The event queued again."""
 
+    model_config = ConfigDict(json_schema_extra={"example": {"id": 7, "state": "pending"}})
+
     id: int
     state: Literal["pending"]
 

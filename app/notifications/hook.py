@@ -88,8 +88,9 @@ _OPENAPI_HOOK: dict[str, Any] = {
                     "properties": {
                         "msgid": {"type": ["string", "number"], "example": "a1b2c3d4e5"},
                         "status": {"type": ["string", "number"], "example": "DELIVERED"},
-                        "error-code": {"type": ["string", "number"], "example": "000"},
-                        "msisdn": {"type": ["string", "number"], "example": "60123240066"},
+                        # Optional: null is read as absent.
+                        "error-code": {"type": ["string", "number", "null"], "example": "000"},
+                        "msisdn": {"type": ["string", "number", "null"], "example": "60123240066"},
                     },
                     # Not "required" here: they may come in the query string instead.
                     "description": "`msgid` and `status` are required, in the body or the query.",
