@@ -17,8 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk360.codes import message_error_category
+from app.callbacks import repository
+from app.callbacks.schemas import CallbackSummary, summary
 from app.config import IPNetwork, Settings
 from app.errors import AppError
 
@@ -137,3 +140,8 @@ def event_body(event: Mapping[str, Any]) -> bytes:
         {"type": "message.status", "timestamp": recorded_at, "data": data},
         option=orjson.OPT_UTC_Z,
     )
+
+
+async def callback_summaries(session: AsyncSession, message_id: int) -> list[CallbackSummary]:
+    """A message's status-callback events, oldest first (`GET /v1/messages/{ref}`)."""
+    return [summary(e) for e in await repository.events_of_message(session, message_id)]

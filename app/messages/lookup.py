@@ -18,6 +18,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk360.client import WHATSAPP_PREFIX
+from app.callbacks.service import callback_summaries
 from app.deps import ApiKeyDep, SessionDep, StateDep
 from app.errors import AppError, error_responses
 from app.messages.lookup_schemas import (
@@ -93,7 +94,8 @@ async def get_message(
     session: SessionDep,
     _caller: ApiKeyDep,
 ) -> dict[str, Any]:
-    """One message by ref (or id), with every DN received for it in order of receipt."""
+    """One message by ref (or id), with every DN received for it in order of receipt and its
+    status-callback events."""
     message = await _find(session, ref)
     if message is None:
         raise AppError(404, "not_found", f"no message with ref or id {ref!r}")
@@ -115,6 +117,7 @@ async def get_message(
             )
             for dn in dns
         ],
+        "callbacks": await callback_summaries(session, message.id),
     }
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from app.callbacks.schemas import CallbackSummary
+
 MessageStatus = Literal["pending", "delivered", "undelivered", "expired", "rejected", "unknown"]
 Channel = Literal["sms", "whatsapp"]
 
@@ -94,11 +96,22 @@ class MessageDetail(MessageOut):
                         "received_at": "2026-11-24T20:15:07.882190+00:00",
                     }
                 ],
+                "callbacks": [
+                    {
+                        "id": 7,
+                        "state": "delivered",
+                        "attempts": 1,
+                        "last_status_code": 200,
+                        "last_error": None,
+                        "next_attempt_at": None,
+                    }
+                ],
             }
         },
     )
 
     notifications: list[DeliveryNotificationOut]
+    callbacks: list[CallbackSummary] = Field(description="its status-callback events, oldest first")
 
 
 class MessagePage(BaseModel):

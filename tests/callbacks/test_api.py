@@ -78,3 +78,28 @@ async def test_the_api_needs_an_api_key(make_relay: RelayFactory, simulator: Sim
             "/v1/callbacks/1/redeliver", headers={"Authorization": "Bearer nope"}
         )
     assert (listed.status_code, redeliver.status_code) == (401, 401)
+
+
+async def test_a_message_lists_its_callback_events(
+    db: asyncpg.Connection, make_relay: RelayFactory, simulator: Simulator
+) -> None:
+    message_id = await _three_events(db)
+    async with make_relay(simulator.base_url) as relay:
+        response = await relay.client.get("/v1/messages/REF-API-1")
+    assert response.status_code == 200
+    callbacks = response.json()["callbacks"]
+    ids = [
+        r["id"]
+        for r in await db.fetch(
+            "SELECT id FROM callback_events WHERE message_id = $1 ORDER BY id", message_id
+        )
+    ]
+    assert [c["id"] for c in callbacks] == ids
+    assert set(callbacks[0]) == {
+        "id",
+        "state",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
+    }

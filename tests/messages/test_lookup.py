@@ -153,6 +153,7 @@ async def test_get_by_ref_returns_every_contract_field_and_dns_in_receipt_order(
                 "received_at": "2026-11-24T12:00:05Z",
             },
         ],
+        "callbacks": [],  # no callback_url: no events
     }
 
 
