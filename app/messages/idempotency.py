@@ -64,6 +64,8 @@ def request_hash(request: SendRequest, destinations: list[Destination]) -> str:
         "client_ref": request.client_ref,
         "detail": request.detail,
     }
+    if request.callback_url is not None:  # only when given: earlier keys keep their hash
+        canonical["callback_url"] = request.callback_url
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

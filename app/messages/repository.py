@@ -37,6 +37,7 @@ class NewSend:
     key: str | None = None
     body_hash: str | None = None
     expires_at: datetime | None = None
+    callback_url: str | None = None
     # Filled in by the writer: whether the rows went in, else the claim that stopped them.
     inserted: bool = False
     existing_claim: Any = None
@@ -69,8 +70,9 @@ class Answer:
 _INSERT_ROWS = """
 WITH s AS (
     SELECT * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::timestamptz[])
-         AS s(no, send_id, api_key_name, client_ref, sender, key, request_hash, expires_at)
+                         $7::text[], $8::text[], $9::timestamptz[], $15::text[])
+         AS s(no, send_id, api_key_name, client_ref, sender, key, request_hash, expires_at,
+              callback_url)
 ), claim AS (
     INSERT INTO idempotency_keys (api_key_name, key, request_hash, created_at, expires_at)
     SELECT api_key_name, key, request_hash, $1, expires_at FROM s
@@ -82,15 +84,16 @@ WITH s AS (
     WHERE idempotency_keys.expires_at <= excluded.created_at
     RETURNING api_key_name, key
 ), ok AS (
-    SELECT s.no, s.send_id, s.api_key_name, s.client_ref, s.sender FROM s WHERE s.key IS NULL
+    SELECT s.no, s.send_id, s.api_key_name, s.client_ref, s.sender, s.callback_url
+    FROM s WHERE s.key IS NULL
     UNION ALL
-    SELECT s.no, s.send_id, s.api_key_name, s.client_ref, s.sender
+    SELECT s.no, s.send_id, s.api_key_name, s.client_ref, s.sender, s.callback_url
     FROM s JOIN claim c ON c.api_key_name = s.api_key_name AND c.key = s.key
 )
 INSERT INTO messages (send_id, api_key_name, client_ref, channel, msisdn, sender, encoding,
-                      segments, status, created_at, updated_at)
+                      segments, status, created_at, updated_at, callback_url)
 SELECT ok.send_id, ok.api_key_name, ok.client_ref, u.channel, u.msisdn, ok.sender, u.encoding,
-       u.segments, 'unknown', $1, $1
+       u.segments, 'unknown', $1, $1, ok.callback_url
 FROM unnest($10::int[], $11::text[], $12::text[], $13::text[], $14::int[])
      WITH ORDINALITY AS u(no, channel, msisdn, encoding, segments, n)
 JOIN ok ON ok.no = u.no
@@ -148,6 +151,7 @@ async def insert_rows(apg: Any, sends: list[NewSend], now: datetime) -> list[boo
         [s.body_hash for s in sends],
         [s.expires_at for s in sends],
         *rows,
+        [s.callback_url for s in sends],
     )
     ids: dict[str, list[int]] = {}
     for message_id, send_id in returned:

@@ -48,6 +48,12 @@ class SendRequest(BaseModel):
         default=None, description="Your own reference, up to 64 characters; searchable."
     )
     detail: bool = Field(default=True, description="Include rate/currency/balance in the answer.")
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where to POST each status change of these messages (signed status "
+        "callbacks); default: the API key's entry in CALLBACK_URLS.",
+    )
 
     @field_validator("text")
     @classmethod

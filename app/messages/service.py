@@ -24,6 +24,7 @@ import uuid
 import structlog
 
 from app.bulk360.client import Bulk360Client
+from app.callbacks.service import callback_url_for
 from app.config import Settings
 from app.errors import AppError, is_database_unavailable
 from app.messages import outcome
@@ -56,6 +57,7 @@ class SendService:
         self._region = settings.default_region
         self._max_recipients = settings.max_recipients
         self._sandbox = settings.sandbox
+        self._settings = settings
         self._outcomes = {label: SENDS.labels(label) for label in _OUTCOMES}
 
     async def send(
@@ -67,6 +69,7 @@ class SendService:
             )
         except RecipientError as exc:
             raise AppError(422, "validation_error", str(exc)) from None
+        callback_url = callback_url_for(self._settings, api_key_name, request.callback_url)
         new = NewSend(
             send_id=str(uuid.uuid4()),
             api_key_name=api_key_name,
@@ -75,6 +78,7 @@ class SendService:
             entries=outcome.prepare(request.text, destinations),
             key=idempotency_key,
             body_hash=request_hash(request, destinations) if idempotency_key else None,
+            callback_url=callback_url,
         )
         # 1. The claim and the rows, committed before anything goes upstream.
         try:
