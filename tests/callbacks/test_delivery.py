@@ -196,14 +196,14 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_the_others(
         await receiver.wait_for(20)
         # Every good event went through while the dead receiver still holds its first
         # attempts (5 s timeout): no dead attempt has finished, and only its share of the
-        # slots (half of 8) was ever in flight there.
+        # slots was ever in flight there (half of 8, soft by less than one claim of 2).
         assert (
             await db.fetchval(
                 "SELECT count(*) FROM callback_attempts WHERE event_id = ANY($1)", dead_events
             )
             == 0
         )
-        assert len(dead.received) == 4
+        assert 4 <= len(dead.received) <= 5
         for event_id in good_events:
             await wait_state(db, event_id, "delivered")
         release.set()  # the relay stops without waiting for the held attempts' timeout
