@@ -39,22 +39,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import heapq
-import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
+from app.callbacks.attempt import Outcome, next_state, post
+from app.callbacks.attempt import origin as receiver_origin
 from app.callbacks.repository import (
     CLAIM_SQL,
     NOTIFY_CHANNEL,
@@ -80,8 +79,6 @@ POLL_S = 1.0  # the fallback poll; new events come with a NOTIFY
 STATS_S = 5.0  # queue depth / oldest pending age refresh
 DB_RETRY_S = 1.0
 YIELD_S = 0.25  # while the DN hook is busy, one claim this often at most
-MAX_RETRY_AFTER_S = 86_400.0
-_RESPONSE_READ_MAX = 65_536  # what we read of a receiver's answer (only its status matters)
 
 
 @dataclass(slots=True)
@@ -251,7 +248,7 @@ class CallbackDispatcher:
             CALLBACK_EVENTS.labels("superseded").inc(rows[0]["superseded"])
         claimed = [row for row in rows if row["id"] is not None]
         for row in claimed:
-            origin = _origin(row["url"])
+            origin = receiver_origin(row["url"])
             self._in_flight += 1
             self._by_origin[origin] += 1
             task = asyncio.create_task(self._attempt(row, origin))
@@ -266,32 +263,16 @@ class CallbackDispatcher:
         body = event_body(event)
         headers = webhook_headers(self._keys, f"msg_{event['id']}", int(time.time()), body)
         attempted_at = utcnow()
-        started = time.perf_counter()
-        code: int | None = None
-        error: str | None = None
-        retry_after: float | None = None
         try:
-            async with self._session.post(
-                event["url"], data=body, headers=headers, allow_redirects=False
-            ) as response:
-                code = response.status
-                if code in (429, 503):
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
-                await response.content.read(_RESPONSE_READ_MAX)
-        except TimeoutError:
-            error = f"timeout after {self._timeout:g} s"
-        except aiohttp.ClientError as exc:
-            error = _describe(exc)
+            outcome = await post(self._session, event["url"], body, headers)
         finally:
             self._in_flight -= 1
             self._by_origin[origin] -= 1
             self._wake.set()  # a slot is free
-        duration_s = time.perf_counter() - started
-        state, delay = self._outcome(event["attempts"], code, retry_after)
-        host = url_host(event["url"])
+        state, delay = next_state(event["attempts"], outcome, self._schedule)
         next_at = None
         if delay is not None:
-            next_at = attempted_at + timedelta(seconds=duration_s + delay)
+            next_at = attempted_at + timedelta(seconds=outcome.duration_s + delay)
             heapq.heappush(self._retry_at, asyncio.get_running_loop().time() + delay)
         self._results.append(
             _Result(
@@ -299,46 +280,40 @@ class CallbackDispatcher:
                 event["claimed_until"],
                 state,
                 next_at,
-                code,
-                error,
+                outcome.code,
+                outcome.error,
                 attempted_at,
-                duration_s * 1000,
+                outcome.duration_s * 1000,
             )
         )
         self._results_ready.set()
-        CALLBACK_ATTEMPTS.labels(_attempt_outcome(code, error)).inc()
+        self._report(event, outcome, state, delay, attempted_at)
+
+    @staticmethod
+    def _report(
+        event: Any, outcome: Outcome, state: str, delay: float | None, attempted_at: datetime
+    ) -> None:
+        """Metrics and the log line of one attempt (the receiver's host only, never its URL)."""
+        CALLBACK_ATTEMPTS.labels(outcome.label).inc()
         CALLBACK_EVENTS.labels("retry" if state == "pending" else state).inc()
+        host = url_host(event["url"])
         if state == "delivered":
             recorded: datetime = event["recorded_at"]
-            CALLBACK_LATENCY.observe((attempted_at - recorded).total_seconds() + duration_s)
-            log.debug("callback_delivered", event_id=event["id"], host=host, status=code)
-        else:
-            log.info(
-                "callback_attempt_failed",
-                event_id=event["id"],
-                message_id=event["message_id"],
-                host=host,
-                attempt=event["attempts"],
-                status=code,
-                error=error,
-                next_state=state,
-                retry_in_s=round(delay, 3) if delay is not None else None,
-            )
-
-    def _outcome(
-        self, attempt: int, code: int | None, retry_after: float | None
-    ) -> tuple[str, float | None]:
-        """(new state, seconds until the next attempt) after attempt number `attempt`."""
-        if code is not None and 200 <= code < 300:
-            return "delivered", None
-        if code == 410:
-            return "gone", None
-        if attempt > len(self._schedule):
-            return "failed", None
-        delay = self._schedule[attempt - 1] * (1 + random.random() * 0.1)
-        if retry_after is not None and retry_after > delay:
-            delay = retry_after
-        return "pending", delay
+            waited = (attempted_at - recorded).total_seconds() + outcome.duration_s
+            CALLBACK_LATENCY.observe(waited)
+            log.debug("callback_delivered", event_id=event["id"], host=host, status=outcome.code)
+            return
+        log.info(
+            "callback_attempt_failed",
+            event_id=event["id"],
+            message_id=event["message_id"],
+            host=host,
+            attempt=event["attempts"],
+            status=outcome.code,
+            error=outcome.error,
+            next_state=state,
+            retry_in_s=round(delay, 3) if delay is not None else None,
+        )
 
     # ---- results ---------------------------------------------------------------------------
 
@@ -416,45 +391,3 @@ class CallbackDispatcher:
             log.warning(event, error=type(exc).__name__)
         else:
             log.error(event, error=type(exc).__name__, exc_info=exc)
-
-
-def _origin(url: str) -> str:
-    """The receiver an attempt goes to: the URL up to its path, as stored (scheme://netloc).
-    Claims skip URLs starting with a full origin's text; that may also hold back a URL that
-    merely extends it (`http://a:80` and `http://a:8080`) for a moment, never send one."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    return url[: len(parts.scheme) + 3 + len(parts.netloc)]
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped at a day."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return min(max((when - utcnow()).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    """An attempt's error for `last_error`: never the URL (its query may hold a token)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
-    return type(exc).__name__
-
-
-def _attempt_outcome(code: int | None, error: str | None) -> str:
-    if code is None:
-        return "timeout" if error and error.startswith("timeout") else "connection_error"
-    if code in (410, 429):
-        return str(code)
-    return f"{code // 100}xx"
