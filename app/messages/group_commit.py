@@ -4,8 +4,8 @@ Each send hands an item to `GroupCommit.submit()` and awaits the COMMIT of the b
 carried it; only then does it go on (to the provider, or to answer its caller). There is no
 timer and no writer task: a submit starts a batch at once when fewer than `pipeline` batches
 are in flight, else it waits in the queue, and each batch that ends starts the next with
-everything queued by then (at most `max_batch` items). Alone, a send is written at once; under
-load, the batches grow to the number of sends that arrived during one commit.
+everything queued by then (up to `max_rows` rows, at least one item). Alone, a send is written
+at once; under load, the batches grow to the number of sends that arrived during one commit.
 
 Failures: a batch that fails because the database is unreachable fails every item in it
 (each caller decides: a 503 before sending, a retry when recording an answer). A batch that
@@ -36,13 +36,15 @@ class GroupCommit(Generic[T]):
         write: Callable[[list[T]], Awaitable[None]],
         *,
         kind: str,
-        max_batch: int,
+        rows: Callable[[T], int],
+        max_rows: int,
         pipeline: int,
         conflict_key: Callable[[T], Hashable | None] | None = None,
     ) -> None:
         self._write = write
         self._sizes = SEND_BATCH_SIZE.labels(kind)
-        self._max_batch = max_batch
+        self._rows = rows
+        self._max_rows = max_rows
         self._pipeline = pipeline
         self._conflict_key = conflict_key
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
@@ -72,16 +74,21 @@ class GroupCommit(Generic[T]):
         batch: list[tuple[T, asyncio.Future[None]]] = []
         kept: list[tuple[T, asyncio.Future[None]]] = []
         seen: set[Hashable] = set()
+        rows, full = 0, False
         for entry in self._queue:
             if entry[1].done():  # the caller went away before its turn: never written
                 continue
             key = self._conflict_key(entry[0]) if self._conflict_key is not None else None
-            if len(batch) >= self._max_batch or (key is not None and key in seen):
+            size = self._rows(entry[0])
+            # In arrival order: once an item does not fit, the rest wait for the next batch.
+            full = full or (batch != [] and rows + size > self._max_rows)
+            if full or (key is not None and key in seen):
                 kept.append(entry)
                 continue
             if key is not None:
                 seen.add(key)
             batch.append(entry)
+            rows += size
         self._queue = kept
         return batch
 

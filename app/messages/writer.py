@@ -26,7 +26,9 @@ from app.messages.repository import Answer, NewSend
 
 # Batches in flight at once per kind: while one commits, the next is written.
 PIPELINE = 2
-MAX_BATCH = 128  # sends per batch
+# Rows per batch (at least one send): the answers' transaction takes an advisory lock per ref,
+# and Postgres' lock table holds 64 per connection by default (max_locks_per_transaction).
+MAX_ROWS = 2000
 
 
 class SendWriter:
@@ -36,12 +38,13 @@ class SendWriter:
         self._rows = GroupCommit(
             self._insert_batch,
             kind="rows",
-            max_batch=MAX_BATCH,
+            rows=_rows,
+            max_rows=MAX_ROWS,
             pipeline=PIPELINE,
             conflict_key=lambda s: (s.api_key_name, s.key) if s.key is not None else None,
         )
         self._answers = GroupCommit(
-            self._record_batch, kind="answers", max_batch=MAX_BATCH, pipeline=PIPELINE
+            self._record_batch, kind="answers", rows=_rows, max_rows=MAX_ROWS, pipeline=PIPELINE
         )
 
     async def claim_and_insert(self, send: NewSend) -> ClaimResult:
@@ -81,3 +84,7 @@ class SendWriter:
         now = utcnow()
         async with raw_transaction(self._engine, repository.begin_for(answers)) as apg:
             await repository.record_answers(apg, answers, now)
+
+
+def _rows(item: NewSend | Answer) -> int:
+    return len(item.entries)
