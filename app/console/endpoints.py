@@ -17,6 +17,9 @@ from fastapi import FastAPI, Form, Path, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from app.console import repository
+
+# Also registers the callback pages on the router.
+from app.console.callback_pages import destination, events_of
 from app.console.overview import WINDOWS, build_overview
 from app.console.views import (
     CHANNELS,
@@ -28,24 +31,24 @@ from app.console.views import (
     read_filters,
 )
 from app.console.web import (
+    PAGE_SIZE,
     STATIC_DIR,
     STATIC_URL,
     ConsoleDep,
     OperatorDep,
     PageError,
+    decode_page_cursor,
     render,
     router,
     safe_next,
 )
 from app.deps import SessionDep, StateDep
-from app.errors import AppError
 from app.models import Message
 from app.ops.static import CachedStaticFiles
-from app.pagination import Cursor, decode_cursor, encode_cursor
+from app.pagination import Cursor, encode_cursor
 
 log = structlog.get_logger("app.console")
 
-PAGE_SIZE = 50
 CSV_BATCH = 2_000
 Text = Annotated[str, Form(max_length=512)]
 
@@ -194,15 +197,6 @@ async def messages_page(
     )
 
 
-def decode_page_cursor(raw: str | None) -> Cursor | None:
-    if not raw:
-        return None
-    try:
-        return decode_cursor(raw)
-    except AppError:
-        raise PageError(400, "Bad page link", "That next-page link is damaged.") from None
-
-
 @router.get("/messages.csv")
 async def messages_csv(
     request: Request, console: ConsoleDep, _operator: OperatorDep, state: StateDep
@@ -252,6 +246,7 @@ async def message_page(
         raise PageError(404, "No such message", f"No message has the ref or id {ref!r}.")
     notifications = await repository.notifications_of(session, message.id)
     others, others_total = await repository.same_send(session, message)
+    events = await events_of(session, message.id)
     return render(
         request,
         console,
@@ -262,6 +257,9 @@ async def message_page(
         others=others,
         others_total=others_total,
         category=message_category(message),
+        events=events,
+        callback_url=destination(message.callback_url) if message.callback_url else None,
+        here=request.url.path,
         dn_category=dn_category,
     )
 

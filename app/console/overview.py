@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bulk360.repository import BalanceReading, latest_balances
 from app.console import repository
+from app.console.callback_pages import count_failed
 from app.console.views import CHART_STACK, Chart, hourly_chart
 from app.outcomes import stats as outcomes
 
@@ -55,5 +56,6 @@ async def build_overview(
         attention={
             "unknown": figures["by_status"].get("unknown", 0),
             "unmatched_dns": await repository.count_unmatched_notifications(session),
+            "failed_callbacks": await count_failed(session),
         },
     )

@@ -18,8 +18,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from app.console.session import ConsoleSession, Sessions, SignInThrottle
 from app.console.views import region_zone, when
 from app.deps import StateDep
-from app.errors import is_database_unavailable
+from app.errors import AppError, is_database_unavailable
 from app.ops.static import content_version
+from app.pagination import Cursor, decode_cursor
 
 log = structlog.get_logger("app.console")
 
@@ -153,6 +154,18 @@ class ConsoleRoute(APIRoute):
             return response
 
         return guarded
+
+
+PAGE_SIZE = 50
+
+
+def decode_page_cursor(raw: str | None) -> Cursor | None:
+    if not raw:
+        return None
+    try:
+        return decode_cursor(raw)
+    except AppError:
+        raise PageError(400, "Bad page link", "That next-page link is damaged.") from None
 
 
 # Every console page is a route of this router (endpoints.py, callback_pages.py).

@@ -9,11 +9,13 @@ machine without internet. After each browser test a full-page screenshot is save
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -65,13 +67,15 @@ async def browser() -> AsyncIterator[Browser]:
         await chromium.close()
 
 
-@pytest.fixture
-async def live_relay(db_url: str, simulator: Simulator) -> AsyncIterator[LiveRelay]:
+@contextlib.asynccontextmanager
+async def serve_relay(
+    db_url: str, simulator: Simulator, **overrides: Any
+) -> AsyncIterator[LiveRelay]:
     """The relay served on 127.0.0.1 by uvicorn; the simulator sends its DNs to it."""
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     simulator.config.dn_url = f"{url}/dn/{DN_TOKEN}"
-    settings = relay_settings(db_url, simulator.base_url, public_base_url=url)
+    settings = relay_settings(db_url, simulator.base_url, public_base_url=url, **overrides)
     async with (
         serve_in_loop(create_app(settings), sock),
         httpx.AsyncClient(
@@ -79,6 +83,12 @@ async def live_relay(db_url: str, simulator: Simulator) -> AsyncIterator[LiveRel
         ) as client,
     ):
         yield LiveRelay(url, client, settings, simulator)
+
+
+@pytest.fixture
+async def live_relay(db_url: str, simulator: Simulator) -> AsyncIterator[LiveRelay]:
+    async with serve_relay(db_url, simulator) as relay:
+        yield relay
 
 
 async def open_tab(

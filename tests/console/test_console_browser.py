@@ -3,21 +3,27 @@ simulator sending real DNs back, the browser reaching nothing but the relay."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import re
 from pathlib import Path
 
 from playwright.async_api import Browser, Page, expect
 
+from app.bulk360.simulator import Simulator
+from tests.callbacks.conftest import FAST_RETRIES, Receiver, run_receiver
+from tests.callbacks.conftest import SECRET as CALLBACK_SECRET
 from tests.conftest import DN_TOKEN, OTHER_API_KEY, TEST_API_KEY
-from tests.console.conftest import LiveRelay, Tab, open_tab, save_screenshot
+from tests.console.conftest import LiveRelay, Tab, open_tab, save_screenshot, serve_relay
 
 CUSTOMER = "60123240066"  # typed as 012-324 0066 in the search box
 OUT_OF_ORDER = "60199993003"  # simulator: DELIVERED 000, then UNDELIVERED 501
 RETRIED = "60199993001"  # simulator: UNDELIVERED 511, then DELIVERED 000
+SILENT = "60199993000"  # simulator: accepted, no DN
 
 
 async def send(relay: LiveRelay, to: str, **fields: str) -> list[dict[str, str]]:
+    """Send, and wait until the simulator has sent every DN of it."""
     answer = await relay.client.post("/v1/messages", json={"to": to, "text": "Your OTP", **fields})
     assert answer.status_code == 201, answer.text
     await relay.simulator.wait_dns_sent()
@@ -171,3 +177,56 @@ async def test_readable_at_375_px_without_horizontal_scroll(
         await save_screenshot(tab.page, "console_message_375px")
     finally:
         await tab.context.close()
+
+
+async def test_redeliver_a_failed_callback(
+    browser: Browser, db_url: str, simulator: Simulator
+) -> None:
+    # Three 500s (the first attempt and both retries): the event fails. Then 200s.
+    async with (
+        run_receiver(Receiver(statuses=[500, 500, 500])) as receiver,
+        serve_relay(
+            db_url,
+            simulator,
+            callback_retry_s=FAST_RETRIES,
+            callback_signing_secrets=CALLBACK_SECRET,
+        ) as relay,
+    ):
+        # 019-999 3000: accepted, no DN ever, so its one event (status pending) is the last.
+        (sent,) = await send(relay, SILENT, callback_url=receiver.url)
+        await receiver.wait_for(3)
+        failed = await wait_for_callbacks(relay, "failed")
+        tab = await open_tab(browser, relay)
+        try:
+            await sign_in(tab.page)
+            await tab.page.get_by_role("link", name=re.compile("failed callbacks")).click()
+            rows = tab.page.locator("tr.callback")
+            await expect(rows).to_have_count(1)
+            await expect(rows.first).to_contain_text(sent["ref"])
+            await expect(rows.first).to_contain_text("failed")
+            # The URL is shown without its query string (it may carry a token).
+            await expect(rows.first).to_contain_text(receiver.url.split("?")[0])
+            assert "s3cret" not in await tab.page.content()
+            await save_screenshot(tab.page, "console_failed_callbacks")
+            await rows.first.get_by_role("button", name=f"Redeliver callback {failed}").click()
+            await expect(tab.page.get_by_text("None.")).to_be_visible()  # none failed now
+            await receiver.wait_for(4)
+            await wait_for_callbacks(relay, "delivered")
+            await tab.page.goto(f"/console/messages/{sent['ref']}")
+            event = tab.page.locator("tr.callback")
+            await expect(event).to_contain_text("delivered")
+            await expect(tab.page.locator("tr.attempt")).to_have_count(4)  # 3 failed, then 200
+            await save_screenshot(tab.page, "console_message_callbacks")
+            assert tab.blocked == []
+        finally:
+            await tab.context.close()
+
+
+async def wait_for_callbacks(relay: LiveRelay, state: str) -> int:
+    """The id of the one callback event once it is in `state` (the relay's API, polled)."""
+    async with asyncio.timeout(10):
+        while True:
+            listed = await relay.client.get("/v1/callbacks", params={"state": state})
+            if items := listed.json()["items"]:
+                return int(items[0]["id"])
+            await asyncio.sleep(0.05)

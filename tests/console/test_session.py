@@ -13,7 +13,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app.config import ConfigError, hash_api_key, load_settings
 from app.console.session import COOKIE, SESSION_MAX_AGE_S, SignInThrottle
-from app.console.web import SECURITY_HEADERS, Console
+from app.console.web import SECURITY_HEADERS, Console, safe_next
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY, Relay
 from tests.console.helpers import csrf_token, sign_in
 
@@ -210,3 +210,11 @@ def test_console_secret_configuration() -> None:
     assert key != _settings(**(live | {"dn_hook_token": "other"})).console_signing_key
     assert b"app-secret" not in key and b"hook-token" not in key
     assert "CONSOLE_SECRET" in " ".join(_settings().sandbox_defaults_in_use())
+
+
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/console", "/console/\\evil", "/other", ""]
+)
+def test_after_sign_in_only_console_paths_are_followed(target: str) -> None:
+    assert safe_next(target) == "/console"
+    assert safe_next("/console/messages?q=0123240066") == "/console/messages?q=0123240066"
