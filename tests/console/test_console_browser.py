@@ -15,6 +15,7 @@ from tests.callbacks.conftest import FAST_RETRIES, Receiver, run_receiver
 from tests.callbacks.conftest import SECRET as CALLBACK_SECRET
 from tests.conftest import DN_TOKEN, OTHER_API_KEY, TEST_API_KEY
 from tests.console.conftest import LiveRelay, Tab, open_tab, save_screenshot, serve_relay
+from tests.servers import free_port
 
 CUSTOMER = "60123240066"  # typed as 012-324 0066 in the search box
 OUT_OF_ORDER = "60199993003"  # simulator: DELIVERED 000, then UNDELIVERED 501
@@ -129,21 +130,29 @@ def console_pages(refs: list[str]) -> list[str]:
         "/console/messages?q=012-324+0066",
         "/console/messages?status=undelivered",
         "/console/unmatched-dns",
+        "/console/callbacks",
+        "/console/callbacks?state=gone",
         *(f"/console/messages/{ref}" for ref in refs),
         "/console/messages/no-such-ref",
     ]
 
 
 async def test_no_secret_in_any_page(tab: Tab) -> None:
-    sent = await send(tab.relay, f"{CUSTOMER},{RETRIED}", client_ref="otp-1")
+    # A callback URL whose query string carries a token (never shown: it is a credential).
+    hook = f"http://127.0.0.1:{free_port()}/hook?token=cb-query-token-123"
+    sent = await send(tab.relay, f"{CUSTOMER},{RETRIED}", client_ref="otp-1", callback_url=hook)
     settings = tab.relay.settings
+    assert settings.callback_secrets
     key = settings.console_signing_key
     secrets = [
         TEST_API_KEY,
         OTHER_API_KEY,
         DN_TOKEN,
+        "cb-query-token-123",
         settings.effective_app_secret,
         key.hex(),
+        *settings.callback_secrets,
+        *(s.removeprefix("whsec_") for s in settings.callback_secrets),
         *(digest for digest in settings.api_key_hashes),  # not secret, but never shown either
     ]
     pages = ["/console/sign-in", *console_pages([m["ref"] for m in sent])]
