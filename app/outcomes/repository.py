@@ -70,15 +70,17 @@ async def expire_batch(conn: AsyncConnection, cutoff: datetime, batch: int = EXP
 
 # ---- retention ---------------------------------------------------------------------------------
 
-# The oldest messages first (ix_messages_created_at_id), no more than fit with their DNs in one
-# transaction's budget (the first one always, so a message with a huge DN history cannot stall
-# the sweep). Locked, so the DN writer's late update of one of them waits for this short
-# transaction rather than racing it; SKIP LOCKED never waits for a message a DN batch holds.
+# The oldest messages first (ix_messages_created_at_id), no more than fit with their DNs and
+# callback events in one transaction's budget (the first one always, so a message with a huge
+# DN history cannot stall the sweep). Locked, so the DN writer's late update of one of them
+# waits for this short transaction rather than racing it; SKIP LOCKED never waits for a message
+# a DN batch holds.
 _PRUNE_PICK = text(
     """
 SELECT id FROM (
     SELECT id, row_number() OVER (ORDER BY created_at, id) AS n,
-           sum(1 + dn_count) OVER (ORDER BY created_at, id) AS rows_so_far
+           sum(1 + dn_count + (SELECT count(*) FROM callback_events e WHERE e.message_id = due.id))
+               OVER (ORDER BY created_at, id) AS rows_so_far
     FROM (SELECT id, created_at, dn_count FROM messages
           WHERE created_at < :cutoff
           ORDER BY created_at, id
@@ -91,6 +93,9 @@ WHERE n = 1 OR rows_so_far <= :rows_max
 # Their DNs explicitly, before the messages: otherwise the foreign key's ON DELETE SET NULL
 # would turn them into unmatched DNs (an UPDATE each) for the next statement to delete.
 _PRUNE_DNS_OF = text("DELETE FROM delivery_notifications WHERE message_id = ANY(:ids)")
+# Their callback events too, to count them (the trigger on messages would delete them anyway;
+# their attempts go by ON DELETE CASCADE).
+_PRUNE_EVENTS_OF = text("DELETE FROM callback_events WHERE message_id = ANY(:ids)")
 _PRUNE_MESSAGES = text("DELETE FROM messages WHERE id = ANY(:ids)")
 # Unmatched DNs in receipt order through ix_delivery_notifications_unmatched_id.
 _PRUNE_UNMATCHED = text(
@@ -118,6 +123,8 @@ SELECT
     (SELECT count(*) FROM messages WHERE created_at < :cutoff) AS messages,
     (SELECT count(*) FROM delivery_notifications d JOIN messages m ON m.id = d.message_id
      WHERE m.created_at < :cutoff) AS delivery_notifications,
+    (SELECT count(*) FROM callback_events e JOIN messages m ON m.id = e.message_id
+     WHERE m.created_at < :cutoff) AS callback_events,
     (SELECT count(*) FROM delivery_notifications
      WHERE message_id IS NULL AND received_at < :cutoff) AS unmatched_delivery_notifications,
     (SELECT count(*) FROM idempotency_keys WHERE expires_at <= :now) AS idempotency_keys
@@ -131,12 +138,14 @@ class PruneCounts:
 
     messages: int = 0
     delivery_notifications: int = 0  # those of the deleted messages
+    callback_events: int = 0  # those of the deleted messages (with their attempts)
     unmatched_delivery_notifications: int = 0
     idempotency_keys: int = 0
 
     def add(self, other: PruneCounts) -> None:
         self.messages += other.messages
         self.delivery_notifications += other.delivery_notifications
+        self.callback_events += other.callback_events
         self.unmatched_delivery_notifications += other.unmatched_delivery_notifications
         self.idempotency_keys += other.idempotency_keys
 
@@ -145,6 +154,7 @@ class PruneCounts:
         return (
             self.messages
             + self.delivery_notifications
+            + self.callback_events
             + self.unmatched_delivery_notifications
             + self.idempotency_keys
         )
@@ -156,10 +166,12 @@ async def prune_messages_batch(conn: AsyncConnection, cutoff: datetime) -> Prune
     if not ids:
         return PruneCounts()
     dns = await conn.execute(_PRUNE_DNS_OF, {"ids": ids})
+    events = await conn.execute(_PRUNE_EVENTS_OF, {"ids": ids})
     messages = await conn.execute(_PRUNE_MESSAGES, {"ids": ids})
     return PruneCounts(
         messages=int(messages.rowcount),
         delivery_notifications=int(dns.rowcount),
+        callback_events=int(events.rowcount),
     )
 
 

@@ -1,8 +1,8 @@
 """Retention (CONTRACT §4.7): delete what is older than a cutoff, in small transactions.
 
 Used by the periodic sweep (`RETENTION_DAYS`) and by `bulk360-relay prune --older-than DAYS`.
-What goes: messages created before the cutoff with their DNs (and, by the foreign key's ON
-DELETE CASCADE, their callback events), DNs received before the cutoff that never matched a
+What goes: messages created before the cutoff with their DNs and callback events (and those
+events' attempts), DNs received before the cutoff that never matched a
 message, and Idempotency-Keys past their expiry. Each transaction deletes at most
 `PRUNE_ROWS_MAX` rows (2,000; the contract allows 10,000) and claims them with SKIP LOCKED, and
 a pause as long as the transaction follows it, so the DN writer and the send path never wait
@@ -106,6 +106,7 @@ def render(counts: PruneCounts, *, dry_run: bool, cutoff: datetime, days: float)
         "Idempotency-Keys):",
         f"  messages: {counts.messages}",
         f"  delivery notifications of those messages: {counts.delivery_notifications}",
+        f"  callback events of those messages: {counts.callback_events}",
         f"  unmatched delivery notifications: {counts.unmatched_delivery_notifications}",
         f"  expired idempotency keys: {counts.idempotency_keys}",
     ]

@@ -102,6 +102,7 @@ class Sweeper:
                     expired=report.expired,
                     messages_pruned=report.pruned.messages,
                     dns_pruned=report.pruned.delivery_notifications,
+                    callback_events_pruned=report.pruned.callback_events,
                     unmatched_dns_pruned=report.pruned.unmatched_delivery_notifications,
                     idempotency_keys_purged=report.pruned.idempotency_keys,
                 )
@@ -136,6 +137,7 @@ class Sweeper:
             SWEEP_SECONDS.labels(kind).observe(time.perf_counter() - started)
         SWEEP_ROWS.labels("pruned_messages").inc(counts.messages)
         SWEEP_ROWS.labels("pruned_delivery_notifications").inc(counts.delivery_notifications)
+        SWEEP_ROWS.labels("pruned_callback_events").inc(counts.callback_events)
         SWEEP_ROWS.labels("pruned_unmatched_delivery_notifications").inc(
             counts.unmatched_delivery_notifications
         )

@@ -47,6 +47,12 @@ async def seed(url: str) -> None:
                 dns,
                 age,
             )
+        # A callback event for each message with DNs: 30 old, 25 young.
+        await conn.execute(
+            "INSERT INTO callback_events (message_id, version, url, status, dn_count,"
+            " recorded_at) SELECT id, 1, 'https://billing.internal/sms', status, dn_count, now()"
+            " FROM messages WHERE dn_count > 0"
+        )
         # Unmatched DNs: 7 old, 3 young. Idempotency-Keys: 4 expired, 2 live.
         await conn.execute(
             "INSERT INTO delivery_notifications (msgid, status, raw, received_at)"
@@ -77,6 +83,7 @@ async def table_counts(url: str) -> dict[str, int]:
                 "SELECT count(*) FROM delivery_notifications WHERE message_id IS NULL"
             ),
             "keys": await conn.fetchval("SELECT count(*) FROM idempotency_keys"),
+            "callback_events": await conn.fetchval("SELECT count(*) FROM callback_events"),
             "counted_by_stats": await conn.fetchval(
                 "SELECT coalesce(sum(messages), 0) FROM"
                 " (SELECT messages FROM message_stats_hourly"
@@ -112,6 +119,7 @@ async def test_prune_dry_run_deletes_nothing_and_prints_what_prune_then_deletes(
     assert would == {
         "messages": 50,
         "delivery notifications of those messages": 60,
+        "callback events of those messages": 30,
         "unmatched delivery notifications": 7,
         "expired idempotency keys": 4,
     }
@@ -122,6 +130,7 @@ async def test_prune_dry_run_deletes_nothing_and_prints_what_prune_then_deletes(
         "dns": 25,
         "unmatched": 3,
         "keys": 2,
+        "callback_events": 25,
         "counted_by_stats": 25,  # the statistics forget what was deleted
     }
     again = await asyncio.to_thread(prune_cli, db_url, "--older-than", "30")
@@ -171,6 +180,7 @@ async def test_the_retention_sweep_prunes_what_is_older_than_retention_days(
     assert (report.pruned.messages, report.pruned.delivery_notifications) == (50, 60)
     assert report.pruned.unmatched_delivery_notifications == 7
     assert report.pruned.idempotency_keys == 4
+    assert report.pruned.callback_events == 30
     after = await table_counts(db_url)
     assert (after["messages"], after["unmatched"], after["keys"]) == (25, 3, 2)
 
