@@ -28,204 +28,50 @@ loop (`await Simulator(config).start()` on an ephemeral port) or standalone
   `dn_deliveries`, one entry per delivery attempt), `POST /_simulator/reset`, and
   `POST /_simulator/expire-tokens` (every issued token stops working at once).
 
-Special behaviour is reserved to recipients 60199990000 to 60199999999 (019-999 xxxx), chosen by
-the last four digits. Every other valid number is accepted and gets exactly one DELIVERED DN
-with error-code `000`.
-
-| last 4 | behaviour |
-|---|---|
-| `0402` | whole request: HTTP 402 `Insufficient Account credit`, nothing sent |
-| `0403` | whole request: HTTP 403, the doc's 403 desc, nothing sent |
-| `0412` | whole request: HTTP 412 `Account suspended / Terminated / Not activated`, nothing sent |
-| `0413` | whole request: HTTP 413, the doc's 413 desc, nothing sent |
-| `0405` | this recipient rejected: code 405 `Invalid Message Type`, no ref (HTTP 200) |
-| `0406` | this recipient rejected: code 406 `Message content is not approved`, no ref |
-| `0407` | this recipient rejected: code 407 `Banned Content detected. Your account is suspended` |
-| `0500` | whole request: HTTP 500 `{"code":500,"desc":"Internal server error"}`, nothing sent |
-| `0900` | accepted and recorded as sent, but answered only after `slow_s` (past a client timeout) |
-| `0901` | accepted and recorded as sent, then the connection is reset without an answer |
-| `0902` | accepted and recorded as sent, answered HTTP 200 with a non-JSON (HTML) body |
-| `2ccc` | accepted; one UNDELIVERED DN, error-code `str(int(ccc))`: `2501` → `501`, `2050` → `50` |
-| `3000` | accepted; no DN at all |
-| `3001` | accepted; DNs UNDELIVERED `511`, then DELIVERED `000` (final: DELIVERED) |
-| `3002` | accepted; DELIVERED `000` twice (a duplicate) |
-| `3003` | accepted; DELIVERED `000`, then UNDELIVERED `501` (out of order: final UNDELIVERED) |
-| `3004` | accepted; one DELIVERED DN without the optional `error-code` field |
-| `3005` | accepted; one DELIVERED `000` DN whose `msgid` is `<ref>-0` |
-| `3006` | accepted; one DELIVERED `000` DN whose `msgid` is `<ref>.0602-0` |
-
-When a request holds several whole-request specials, the first in `to` order decides.
-Recipient entries that are not 6 to 15 digits (after an optional `whatsapp:` prefix), or a `from`
-that is not 1 to 11 letters/digits, make the whole request a 400, like a missing field.
+The reserved numbers and what each one does are in `simulator_rules.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import math
-import os
-import random
-import re
 import secrets
 import socket
-import string
 import struct
 import time
-import uuid
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from app.bulk360.codes import SUBMIT_CODES
 from app.bulk360.segments import RM0_PREFIX, Encoding, count_segments
+from app.bulk360.simulator_rules import (
+    DESCS,
+    FAULTS,
+    INVALID_CLIENT,
+    MSGID_SUFFIXES,
+    REJECT_CODES,
+    SENDER,
+    WHOLE_REQUEST_CODES,
+    PlannedDN,
+    Recipient,
+    SimulatorConfig,
+    dn_plan,
+    json_response,
+    money,
+    new_ref,
+    new_token,
+    parse_recipients,
+)
+
+__all__ = ["Simulator", "SimulatorConfig", "run"]
 
 log = structlog.get_logger("app.bulk360.simulator")
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a password
 SEND_PATH = "/api/bulk360/v2.0"
-
-# The doc's table (codes.py), with 406 cut to its first sentence: the rest is advice to the
-# reader of the doc, not what an API answer would carry.
-DESCS = {**SUBMIT_CODES, 406: "Message content is not approved"}
-INVALID_CLIENT = {
-    "error": "invalid_client",
-    "error_description": "Client authentication failed",
-    "message": "Client authentication failed",
-}
-
-_SPECIAL = re.compile(r"6019999(\d{4})")
-_MSISDN = re.compile(r"\d{6,15}")
-_SENDER = re.compile(r"[A-Za-z0-9]{1,11}")
-_WHOLE_REQUEST_CODES = {"0402": 402, "0403": 403, "0412": 412, "0413": 413, "0500": 500}
-_REJECT_CODES = {"0405": 405, "0406": 406, "0407": 407}
-_FAULTS = ("0900", "0901", "0902")
-_EVEN_RATE, _ODD_RATE = Decimal("0.11"), Decimal("0.25")
-_CENTS4 = Decimal("0.0001")
-_ALNUM = string.digits + string.ascii_letters
-
-
-def _money(value: Decimal) -> str:
-    return str(value.quantize(_CENTS4))
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-@dataclass
-class SimulatorConfig:
-    app_key: str = "sandbox-app-key"
-    app_secret: str = "sandbox-app-secret"  # noqa: S105 - the public sandbox value
-    token_ttl_s: float = 3600
-    dn_url: str | None = None
-    dn_delay_s: float = 1.0
-    slow_s: float = 60.0
-    balance: Decimal = Decimal("1000.0000")
-    currency: str = "MYR"
-    dn_attempts: int = 4
-    dn_backoff_s: float = 0.2
-    latency_ms: float = 0.0
-
-    @classmethod
-    def from_env(cls) -> SimulatorConfig:
-        """Read BULK360_APP_KEY/SECRET and SIMULATOR_* (unset or empty → the default)."""
-        d = cls()
-        raw_balance = os.environ.get("SIMULATOR_BALANCE", "").strip()
-        try:
-            balance = Decimal(raw_balance) if raw_balance else d.balance
-        except ArithmeticError:
-            raise ValueError(f"SIMULATOR_BALANCE must be a number, got {raw_balance!r}") from None
-        return cls(
-            app_key=os.environ.get("BULK360_APP_KEY") or d.app_key,
-            app_secret=os.environ.get("BULK360_APP_SECRET") or d.app_secret,
-            token_ttl_s=_env_float("SIMULATOR_TOKEN_TTL_S", d.token_ttl_s),
-            dn_url=os.environ.get("SIMULATOR_DN_URL") or None,
-            dn_delay_s=_env_float("SIMULATOR_DN_DELAY_S", d.dn_delay_s),
-            slow_s=_env_float("SIMULATOR_SLOW_S", d.slow_s),
-            balance=balance,
-            latency_ms=_env_float("SIMULATOR_LATENCY_MS", d.latency_ms),
-        )
-
-
-@dataclass
-class _Recipient:
-    to: str  # as given, echoed back
-    msisdn: str
-    channel: str  # "sms" | "whatsapp"
-    special: str | None  # last 4 digits inside the reserved range
-
-    @property
-    def rate(self) -> Decimal:
-        return _EVEN_RATE if int(self.msisdn[-1]) % 2 == 0 else _ODD_RATE
-
-    @property
-    def rate_json(self) -> float | str:
-        # The doc's example shows both types; a client must cope with either.
-        return 0.11 if self.rate == _EVEN_RATE else _money(self.rate)
-
-
-def _parse_recipients(to: str) -> list[_Recipient] | None:
-    result = []
-    for entry in to.split(","):
-        given = entry.strip()
-        number, channel = given, "sms"
-        if given[:9].lower() == "whatsapp:":
-            number, channel = given[9:], "whatsapp"
-        if not _MSISDN.fullmatch(number):
-            return None
-        match = _SPECIAL.fullmatch(number)
-        result.append(_Recipient(given, number, channel, match.group(1) if match else None))
-    return result
-
-
-def _dn_plan(special: str | None) -> list[tuple[str, str | None]]:
-    """(status, error-code) of each DN for one accepted recipient, in sending order."""
-    plans: dict[str, list[tuple[str, str | None]]] = {
-        "3000": [],
-        "3001": [("UNDELIVERED", "511"), ("DELIVERED", "000")],
-        "3002": [("DELIVERED", "000"), ("DELIVERED", "000")],
-        "3003": [("DELIVERED", "000"), ("UNDELIVERED", "501")],
-        "3004": [("DELIVERED", None)],
-    }
-    if special in plans:
-        return plans[special]
-    if special is not None and special[0] == "2":
-        return [("UNDELIVERED", str(int(special[1:])))]
-    return [("DELIVERED", "000")]
-
-
-# Public Bulk360 integrations report DN msgids with these suffixes on the ref (CONTRACT §4.3).
-_MSGID_SUFFIXES = {"3005": "-0", "3006": ".0602-0"}
-
-
-@dataclass
-class _DN:
-    ref: str
-    msgid: str  # the ref, or the ref with a suffix (3005, 3006)
-    msisdn: str
-    status: str
-    error_code: str | None
-    how: str  # "GET" | "POST"
 
 
 class Simulator:
@@ -338,30 +184,18 @@ class Simulator:
             and secrets.compare_digest(str(form.get("client_secret", "")), self.config.app_secret)
         )
         if not ok:
-            return _json(INVALID_CLIENT, 401)
+            return json_response(INVALID_CLIENT, 401)
         now = time.monotonic()
         self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
         token = self._new_token()
         self._tokens[token] = now + self.config.token_ttl_s
         expires_in = math.ceil(self.config.token_ttl_s)
-        return _json({"token_type": "Bearer", "expires_in": expires_in, "access_token": token})
+        return json_response(
+            {"token_type": "Bearer", "expires_in": expires_in, "access_token": token}
+        )
 
     def _new_token(self) -> str:
-        """Opaque, but shaped like the doc's Passport JWT (header.claims.signature)."""
-        now = time.time()
-        header = {"typ": "JWT", "alg": "RS256"}
-        claims = {
-            "aud": "18",
-            "jti": uuid.uuid4().hex + secrets.token_hex(24),
-            "iat": now,
-            "nbf": now,
-            "exp": now + self.config.token_ttl_s,
-            "sub": "",
-            "scopes": ["*"],
-        }
-        return ".".join(
-            (_b64(orjson.dumps(header)), _b64(orjson.dumps(claims)), _b64(secrets.token_bytes(512)))
-        )
+        return new_token(self.config.token_ttl_s)
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -372,24 +206,24 @@ class Simulator:
         self.mt_requests += 1
         await self._latency()
         if not self._authorized(request):
-            return _json({"code": 401, "desc": DESCS[401]}, 401)
+            return json_response({"code": 401, "desc": DESCS[401]}, 401)
         form = await request.post()
         to, text = str(form.get("to", "")), str(form.get("text", ""))
         sender = str(form.get("from", "")).strip()
         detail = str(form.get("detail", "")).strip() == "1"
-        recipients = _parse_recipients(to) if to and text and len(to) <= 150 else None
-        if recipients is None or (sender and not _SENDER.fullmatch(sender)):
-            return _json({"code": 400, "desc": DESCS[400]}, 400)
+        recipients = parse_recipients(to) if to and text and len(to) <= 150 else None
+        if recipients is None or (sender and not SENDER.fullmatch(sender)):
+            return json_response({"code": 400, "desc": DESCS[400]}, 400)
 
         for r in recipients:
-            if r.special in _WHOLE_REQUEST_CODES:
-                code = _WHOLE_REQUEST_CODES[r.special]
-                return _json({"code": code, "desc": DESCS[code]}, code)
+            if r.special in WHOLE_REQUEST_CODES:
+                code = WHOLE_REQUEST_CODES[r.special]
+                return json_response({"code": code, "desc": DESCS[code]}, code)
 
         balance_before = self.balance
-        accepted: list[tuple[int, _Recipient, int, Encoding]] = []
+        accepted: list[tuple[int, Recipient, int, Encoding]] = []
         for i, r in enumerate(recipients):
-            if r.special in _REJECT_CODES:
+            if r.special in REJECT_CODES:
                 continue
             if r.channel == "sms" and r.msisdn.startswith("60"):
                 encoding, segments = count_segments(text, prefix=RM0_PREFIX)  # the provider's own
@@ -400,7 +234,7 @@ class Simulator:
             accepted.append((i, r, segments, encoding))
         total = sum((r.rate * segments for _, r, segments, _ in accepted), Decimal(0))
         if total > balance_before:
-            return _json({"code": 402, "desc": DESCS[402]}, 402)
+            return json_response({"code": 402, "desc": DESCS[402]}, 402)
         self._spent += total
 
         multi = len(recipients) > 1
@@ -416,12 +250,12 @@ class Simulator:
                     "ref": ref,
                     "encoding": encoding,
                     "segments": segments,
-                    "charged": _money(r.rate * segments),
+                    "charged": money(r.rate * segments),
                 }
             )
             self._schedule_dns(ref, r)
 
-        fault = next((r.special for r in recipients if r.special in _FAULTS), None)
+        fault = next((r.special for r in recipients if r.special in FAULTS), None)
         if fault == "0900":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.slow_s)
@@ -434,7 +268,7 @@ class Simulator:
 
         entries = []
         for i, r in enumerate(recipients):
-            code = _REJECT_CODES.get(r.special or "", 200)
+            code = REJECT_CODES.get(r.special or "", 200)
             entry: dict[str, Any] = {"code": code, "desc": DESCS[code], "to": r.to}
             if code == 200:
                 entry["ref"] = refs[i]
@@ -445,8 +279,8 @@ class Simulator:
         body: dict[str, Any] = {"messages": entries} if multi else entries[0]
         if detail:
             body["currency"] = self.config.currency
-            body["balance"] = _money(balance_before)
-        return _json(body)
+            body["balance"] = money(balance_before)
+        return json_response(body)
 
     def _reset_connection(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
@@ -460,41 +294,32 @@ class Simulator:
         return web.Response(status=204)
 
     def _new_ref(self, multi: bool) -> str:
-        # A per-instance sequence guarantees uniqueness here; the random part keeps refs from
-        # two simulator runs (one test database) apart.
         self._ref_seq += 1
-        n, seq = self._ref_seq, ""
-        while n or len(seq) < 5:
-            n, digit = divmod(n, 62)
-            seq = _ALNUM[digit] + seq
-        body = time.strftime("%y%m") + "".join(random.choices(_ALNUM, k=5)) + seq
-        if multi:
-            return f"E{body}-{''.join(random.choices(_ALNUM, k=10))}"
-        return f"E{body}"
+        return new_ref(self._ref_seq, multi)
 
     # -- delivery notifications --------------------------------------------------------------
 
-    def _schedule_dns(self, ref: str, r: _Recipient) -> None:
+    def _schedule_dns(self, ref: str, r: Recipient) -> None:
         url = self.config.dn_url
-        plan = _dn_plan(r.special)
+        plan = dn_plan(r.special)
         if url is None or not plan:
             return
-        msgid = ref + _MSGID_SUFFIXES.get(r.special or "", "")
+        msgid = ref + MSGID_SUFFIXES.get(r.special or "", "")
         dns = []
         for status, error_code in plan:
             how = "GET" if self._dn_seq % 2 == 0 else "POST"
             self._dn_seq += 1
-            dns.append(_DN(ref, msgid, r.msisdn, status, error_code, how))
+            dns.append(PlannedDN(ref, msgid, r.msisdn, status, error_code, how))
         task = asyncio.get_running_loop().create_task(self._deliver_all(url, dns))
         self._dn_tasks.add(task)
         task.add_done_callback(self._dn_tasks.discard)
 
-    async def _deliver_all(self, url: str, dns: list[_DN]) -> None:
+    async def _deliver_all(self, url: str, dns: list[PlannedDN]) -> None:
         await asyncio.sleep(self.config.dn_delay_s)
         for dn in dns:
             await self._deliver(url, dn)
 
-    async def _deliver(self, url: str, dn: _DN) -> None:
+    async def _deliver(self, url: str, dn: PlannedDN) -> None:
         fields = {"status": dn.status}
         if dn.error_code is not None:
             fields["error-code"] = dn.error_code
@@ -542,23 +367,23 @@ class Simulator:
         return {
             "token_requests": self.token_requests,
             "mt_requests": self.mt_requests,
-            "balance": _money(self.balance),
+            "balance": money(self.balance),
             "dn_deliveries": self.dn_deliveries,
         }
 
     async def _sent_view(self, _request: web.Request) -> web.Response:
-        return _json({"count": len(self.sent), "messages": self.sent})
+        return json_response({"count": len(self.sent), "messages": self.sent})
 
     async def _state_view(self, _request: web.Request) -> web.Response:
-        return _json(self.state())
+        return json_response(self.state())
 
     async def _reset_view(self, _request: web.Request) -> web.Response:
         self.reset()
-        return _json(self.state())
+        return json_response(self.state())
 
     async def _expire_view(self, _request: web.Request) -> web.Response:
         self.expire_tokens()
-        return _json({"expired": True})
+        return json_response({"expired": True})
 
 
 def run(host: str, port: int) -> None:
