@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     callback_timeout_s: float = Field(default=15.0, gt=0)
     callback_retry_s: str = DEFAULT_CALLBACK_RETRY_S
     # Callback attempts in flight per process (one receiver gets at most half).
-    callback_concurrency: int = Field(default=128, gt=0)
+    callback_concurrency: int = Field(default=256, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
