@@ -434,6 +434,8 @@ def run_relay(
         result.update(writer_stats(base))
         result["rss_before_mb"] = rss_before
         result["rss_after_mb"] = rss_mb(proc.pid)
+        if args.callbacks:  # while the relay still runs: it delivers the rest
+            result.update(asyncio.run(callback_stats(asyncpg_dsn(db_url))))
         return result
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -651,7 +653,6 @@ async def main() -> None:
 
     db_url, admin_dsn = await create_database("relay_bench")
     receiver = None
-    callbacks: dict[str, float] = {}
     dsn = asyncpg_dsn(db_url)
     try:
         plan, refs, _last = build_plan(args.dns)
@@ -680,8 +681,6 @@ async def main() -> None:
             await checkpoint(dsn)
             relay = await asyncio.to_thread(run_relay, args, db_url, tmp, plan)
             checks = await verify(dsn)
-            if args.callbacks:
-                callbacks = await callback_stats(dsn)
             profile = ""
             if args.profile:
                 shutil.copy(str(relay["profile"]), args.profile_out)
@@ -740,11 +739,11 @@ async def main() -> None:
         f"messages not on their last DN: {checks['wrong_messages']}; "
         f"DNs not attached to their message: {checks['unattached']} -> {'OK' if ok else 'FAILED'}"
     )
-    if callbacks:
+    if args.callbacks:
         print(
-            f"  callbacks: {callbacks['events']:,.0f} events ({callbacks['delivered']:,.0f} "
-            f"delivered, {callbacks['superseded']:,.0f} superseded, {callbacks['pending']:,.0f} "
-            f"still pending when the DNs were all answered, all out {callbacks['drain_s']:.1f} s "
+            f"  callbacks: {relay['events']:,.0f} events ({relay['delivered']:,.0f} "
+            f"delivered, {relay['superseded']:,.0f} superseded, {relay['pending']:,.0f} "
+            f"still pending when the DNs were all answered, all out {relay['drain_s']:.1f} s "
             "later)"
         )
     for app, r in baselines.items():
