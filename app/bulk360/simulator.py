@@ -1,8 +1,7 @@
 """A stand-in for the Bulk360 gateway, faithful to its API document (v2.0).
 
-Used by sandbox mode, every test and the benchmarks. It runs inside another process's event
-loop (`await Simulator(config).start()` on an ephemeral port) or standalone
-(`bulk360-relay simulator`), and implements:
+Used by sandbox mode, the tests and the benchmarks, in another process's event loop
+(`await Simulator(config).start()`) or standalone (`bulk360-relay simulator`). It implements:
 
 - `POST /oauth/token` — form `grant_type=client_credentials&client_id=…&client_secret=…`;
   exactly the pair of its config is accepted, anything else gets the doc's `invalid_client`
@@ -11,22 +10,17 @@ loop (`await Simulator(config).start()` on an ephemeral port) or standalone
   One recipient answers the flat shape, several the `messages` shape, as in the doc; with
   `detail=1`, `balance` is the balance *before* the send (a 4-decimal string) and `rate` is the
   number `0.11` for numbers ending in an even digit and the string `"0.2500"` for odd ones —
-  the doc's own example has both types. SMS to `60…` numbers get the `RM0 ` prefix and are
-  charged rate x segments of the prefixed text; WhatsApp (`whatsapp:` prefix) rate x 1.
+  the doc's own example has both types. Charges: `simulator_rules.charges`.
 - Delivery notifications to `dn_url` (if set), `dn_delay_s` after the send, with fields
   `status`, `error-code`, `msisdn`, `msgid`. The doc does not say whether the provider uses GET
   or POST, so DNs alternate: the n-th DN scheduled since start/reset goes as a GET with a query
-  string when n is even, as a POST with an urlencoded form when odd. A DN answered non-200 or
-  failing to connect is retried (`dn_attempts` in all, doubling backoff from `dn_backoff_s`).
-  Several DNs for one message are sent one after the other, each awaited before the next.
-- Latency: `latency_ms` (`SIMULATOR_LATENCY_MS`, default 0) holds every token and send answer
-  that long after the request arrived, as the distance to the real provider would: a timer,
-  not a queue, so any number of requests wait at once (64 concurrent at 100 ms all answer in
-  ~100 ms).
-- Inspection: `GET /_simulator/sent` (accepted MTs), `GET /_simulator/state` (`token_requests`
-  and `mt_requests` count every call to those URLs, refused ones included; `balance`;
-  `dn_deliveries`, one entry per delivery attempt), `POST /_simulator/reset`, and
-  `POST /_simulator/expire-tokens` (every issued token stops working at once).
+  string when n is even, as a POST with an urlencoded form when odd; retried when not answered
+  200 (`dn_attempts`, doubling from `dn_backoff_s`); a message's DNs go one after the other.
+- Latency: `latency_ms` (`SIMULATOR_LATENCY_MS`) holds every token and send answer that long,
+  as the distance to the real provider would: a timer per request, not a queue.
+- Inspection: `GET /_simulator/sent` (accepted MTs), `GET /_simulator/state` (every call to
+  the token and send URLs counted, `balance`, each DN delivery attempt), `POST
+  /_simulator/reset`, `POST /_simulator/expire-tokens` (every issued token stops working).
 
 The reserved numbers and what each one does are in `simulator_rules.py`.
 """
@@ -46,7 +40,6 @@ from typing import Any
 import structlog
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from app.bulk360.segments import RM0_PREFIX, Encoding, count_segments
 from app.bulk360.simulator_rules import (
     DESCS,
     FAULTS,
@@ -55,9 +48,11 @@ from app.bulk360.simulator_rules import (
     REJECT_CODES,
     SENDER,
     WHOLE_REQUEST_CODES,
+    Charge,
     PlannedDN,
     Recipient,
     SimulatorConfig,
+    charges,
     dn_plan,
     json_response,
     money,
@@ -187,15 +182,12 @@ class Simulator:
             return json_response(INVALID_CLIENT, 401)
         now = time.monotonic()
         self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
-        token = self._new_token()
+        token = new_token(self.config.token_ttl_s)
         self._tokens[token] = now + self.config.token_ttl_s
         expires_in = math.ceil(self.config.token_ttl_s)
         return json_response(
             {"token_type": "Bearer", "expires_in": expires_in, "access_token": token}
         )
-
-    def _new_token(self) -> str:
-        return new_token(self.config.token_ttl_s)
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -214,31 +206,29 @@ class Simulator:
         recipients = parse_recipients(to) if to and text and len(to) <= 150 else None
         if recipients is None or (sender and not SENDER.fullmatch(sender)):
             return json_response({"code": 400, "desc": DESCS[400]}, 400)
-
         for r in recipients:
             if r.special in WHOLE_REQUEST_CODES:
                 code = WHOLE_REQUEST_CODES[r.special]
                 return json_response({"code": code, "desc": DESCS[code]}, code)
 
         balance_before = self.balance
-        accepted: list[tuple[int, Recipient, int, Encoding]] = []
-        for i, r in enumerate(recipients):
-            if r.special in REJECT_CODES:
-                continue
-            if r.channel == "sms" and r.msisdn.startswith("60"):
-                encoding, segments = count_segments(text, prefix=RM0_PREFIX)  # the provider's own
-            elif r.channel == "sms":
-                encoding, segments = count_segments(text)
-            else:
-                encoding, segments = count_segments(text)[0], 1  # WhatsApp: one charge per message
-            accepted.append((i, r, segments, encoding))
+        accepted = charges(recipients, text)
         total = sum((r.rate * segments for _, r, segments, _ in accepted), Decimal(0))
         if total > balance_before:
             return json_response({"code": 402, "desc": DESCS[402]}, 402)
         self._spent += total
+        refs = self._record_sent(accepted, sender=sender, text=text, multi=len(recipients) > 1)
+        faulty = await self._fault(request, recipients)
+        if faulty is not None:
+            return faulty
+        return json_response(self._answer(recipients, refs, detail, balance_before))
 
-        multi = len(recipients) > 1
-        refs: dict[int, str] = {}  # position in `to` → ref; a number may appear twice
+    def _record_sent(
+        self, accepted: list[Charge], *, sender: str, text: str, multi: bool
+    ) -> dict[int, str]:
+        """Record each accepted MT and schedule its DNs; position in `to` → ref (a number may
+        appear twice)."""
+        refs: dict[int, str] = {}
         for i, r, segments, encoding in accepted:
             ref = refs[i] = self._new_ref(multi)
             self.sent.append(
@@ -254,7 +244,12 @@ class Simulator:
                 }
             )
             self._schedule_dns(ref, r)
+        return refs
 
+    async def _fault(
+        self, request: web.Request, recipients: list[Recipient]
+    ) -> web.StreamResponse | None:
+        """The misbehaviour a reserved number asks for, after the MTs were recorded."""
         fault = next((r.special for r in recipients if r.special in FAULTS), None)
         if fault == "0900":
             with contextlib.suppress(TimeoutError):
@@ -265,7 +260,13 @@ class Simulator:
             return web.Response(
                 status=200, text="<html><body>Bad Gateway</body></html>", content_type="text/html"
             )
+        return None
 
+    def _answer(
+        self, recipients: list[Recipient], refs: dict[int, str], detail: bool, balance: Decimal
+    ) -> dict[str, Any]:
+        """The doc's flat shape for one recipient, the `messages` shape for several."""
+        multi = len(recipients) > 1
         entries = []
         for i, r in enumerate(recipients):
             code = REJECT_CODES.get(r.special or "", 200)
@@ -279,8 +280,8 @@ class Simulator:
         body: dict[str, Any] = {"messages": entries} if multi else entries[0]
         if detail:
             body["currency"] = self.config.currency
-            body["balance"] = money(balance_before)
-        return json_response(body)
+            body["balance"] = money(balance)  # the balance before this send
+        return body
 
     def _reset_connection(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport

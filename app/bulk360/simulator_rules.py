@@ -50,6 +50,7 @@ import orjson
 from aiohttp import web
 
 from app.bulk360.codes import SUBMIT_CODES
+from app.bulk360.segments import RM0_PREFIX, Encoding, count_segments
 
 # The doc's table (codes.py), with 406 cut to its first sentence: the rest is advice to the
 # reader of the doc, not what an API answer would carry.
@@ -218,3 +219,23 @@ def new_ref(seq: int, multi: bool) -> str:
     if multi:
         return f"E{body}-{''.join(random.choices(ALNUM, k=10))}"
     return f"E{body}"
+
+
+Charge = tuple[int, Recipient, int, Encoding]  # position in `to`, recipient, segments, encoding
+
+
+def charges(recipients: list[Recipient], text: str) -> list[Charge]:
+    """What each accepted recipient is charged for: segments of the text as the provider
+    counts them (with its `RM0 ` prefix for Malaysian SMS; WhatsApp: one charge)."""
+    accepted: list[Charge] = []
+    for i, r in enumerate(recipients):
+        if r.special in REJECT_CODES:
+            continue
+        if r.channel == "sms" and r.msisdn.startswith("60"):
+            encoding, segments = count_segments(text, prefix=RM0_PREFIX)  # the provider's own
+        elif r.channel == "sms":
+            encoding, segments = count_segments(text)
+        else:
+            encoding, segments = count_segments(text)[0], 1
+        accepted.append((i, r, segments, encoding))
+    return accepted

@@ -31,6 +31,25 @@ MAX_HEADER_BYTES = 16 * 1024  # what uvicorn's h11 parser allows for a whole req
 MAX_HEADERS = 100
 
 
+def _read_head(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes, int]:
+    """(request id, declared Content-Length, bytes of headers) in one pass over the head."""
+    request_id = None
+    declared_length = b""
+    header_bytes = 0
+    for name, value in headers:
+        header_bytes += len(name) + len(value)
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            # A caller's id is echoed only if harmless in a log line and a header.
+            if _SAFE_ID.match(candidate):
+                request_id = candidate
+        elif name == b"content-length":
+            declared_length = value
+    if request_id is None:
+        request_id = os.urandom(16).hex()  # as unique as a uuid4, a fraction of the cost
+    return request_id, declared_length, header_bytes
+
+
 class RequestMiddleware:
     """`hot_path=True` for the DN hook: thousands of requests a second, each stored with its
     receipt time and counted in the metrics. Its successful requests are logged at DEBUG (the
@@ -54,20 +73,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
-        declared_length = b""
-        header_bytes = 0
-        for name, value in scope["headers"]:
-            header_bytes += len(name) + len(value)
-            if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                # A caller's id is echoed only if harmless in a log line and a header.
-                if _SAFE_ID.match(candidate):
-                    request_id = candidate
-            elif name == b"content-length":
-                declared_length = value
-        if request_id is None:
-            request_id = os.urandom(16).hex()  # as unique as a uuid4, a fraction of the cost
+        request_id, declared_length, header_bytes = _read_head(scope["headers"])
         rid_header = request_id.encode()
         status = 500
         started = time.perf_counter()
@@ -91,32 +97,35 @@ class RequestMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            duration = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            counter = self._counted.get((method, template, status))
-            if counter is None:
-                counter = HTTP_REQUESTS.labels(method, template, str(status))
-                self._counted[(method, template, status)] = counter
-            counter.inc()
-            timer = self._timed.get((method, template))
-            if timer is None:
-                timer = self._timed[(method, template)] = HTTP_LATENCY.labels(method, template)
-            timer.observe(duration)
-            fields = {
-                "method": method,
-                "route": template,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-            }
-            if self.bind_context:
-                self._log.info("request", **fields)
-                structlog.contextvars.unbind_contextvars("request_id")
-            else:
-                (self._log.debug if status == 200 else self._log.info)(
-                    "request", request_id=request_id, **fields
-                )
+            self._account(scope, status, time.perf_counter() - started, request_id)
+
+    def _account(self, scope: Scope, status: int, duration: float, request_id: str) -> None:
+        """Count and time the request by route template and status; write its log line."""
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        counter = self._counted.get((method, template, status))
+        if counter is None:
+            counter = HTTP_REQUESTS.labels(method, template, str(status))
+            self._counted[(method, template, status)] = counter
+        counter.inc()
+        timer = self._timed.get((method, template))
+        if timer is None:
+            timer = self._timed[(method, template)] = HTTP_LATENCY.labels(method, template)
+        timer.observe(duration)
+        fields = {
+            "method": method,
+            "route": template,
+            "status": status,
+            "duration_ms": round(duration * 1000, 2),
+        }
+        if self.bind_context:
+            self._log.info("request", **fields)
+            structlog.contextvars.unbind_contextvars("request_id")
+        else:
+            (self._log.debug if status == 200 else self._log.info)(
+                "request", request_id=request_id, **fields
+            )
 
     def _refusal(self, headers: int, header_bytes: int, declared_length: bytes) -> Response | None:
         if headers > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
