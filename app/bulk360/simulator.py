@@ -363,7 +363,6 @@ class Simulator:
         log.warning("simulator DN abandoned", ref=dn.ref, attempts=attempts)
 
     # -- inspection --------------------------------------------------------------------------
-
     def state(self) -> dict[str, Any]:
         return {
             "token_requests": self.token_requests,
