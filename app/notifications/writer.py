@@ -31,9 +31,10 @@ serialise on the advisory lock. (A batch retried row by row after a non-database
 the exception: those rows get ids after DNs that arrived later.)
 
 The writer goes through asyncpg directly, on a connection checked out of SQLAlchemy's pool per
-batch rather than one held for ever: the checkout costs little per batch (~2 us per DN at the
-batch sizes seen under load), and buys the pool's replacement of connections killed by a
-database restart (`db.create_engine` checks asyncpg's `is_closed()` at checkout).
+batch (`db.pooled_asyncpg`, as the send path) rather than one held for ever: the checkout costs
+little per batch (~2 us per DN at the batch sizes seen under load), and buys the pool's
+replacement of connections killed by a database restart (`db.create_engine` checks asyncpg's
+`is_closed()` at checkout).
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.db import pooled_asyncpg
 from app.errors import is_database_unavailable
 from app.notifications.repository import EMPTY_BATCH, STORE_BATCH, begin_and_store
 from app.ops.metrics import DN_BATCH_SECONDS, DN_BATCH_SIZE, DN_QUEUE_DEPTH
@@ -139,9 +141,7 @@ class DNWriter:
         breaker's business once DNs arrive, not a reason to refuse to start."""
 
         async def one() -> None:
-            async with self._engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                apg: Any = raw.driver_connection
+            async with pooled_asyncpg(self._engine) as apg:
                 await apg.execute(STORE_BATCH, *EMPTY_BATCH)  # stores nothing
 
         try:
@@ -290,9 +290,8 @@ class DNWriter:
     async def _commit(self, dns: list[InboundDN], turn: _Turn | None) -> None:
         """Three round trips: BEGIN with the msgids' locks (one simple query), the batch's
         statement, COMMIT."""
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            apg: Any = raw.driver_connection
+        # `pooled_asyncpg` discards the connection if it died.
+        async with pooled_asyncpg(self._engine) as apg:
             committing = False
             try:
                 await begin_and_store(apg, dns)
@@ -300,15 +299,10 @@ class DNWriter:
                     turn.release()  # ids drawn: the next batch may start while this commits
                 committing = True
                 await apg.execute("COMMIT")
-            except BaseException as exc:
+            except BaseException:
                 if not committing:
                     with contextlib.suppress(Exception):
                         await apg.execute("ROLLBACK")
-                # SQLAlchemy did not see this error: a dead connection must not go back to
-                # the pool.
-                if not isinstance(exc, Exception) or is_database_unavailable(exc):
-                    with contextlib.suppress(Exception):
-                        await conn.invalidate()
                 raise
 
 
