@@ -9,13 +9,16 @@ schedule's next delay (+0-10% jitter, or `Retry-After` when longer), failed once
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import random
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import ResolveResult
 
 from app.db import utcnow
 
@@ -77,6 +80,30 @@ def next_state(
     return "pending", delay
 
 
+class NoLinkLocalResolver(aiohttp.ThreadedResolver):
+    """Refuses host names that resolve to link-local addresses (169.254.0.0/16, fe80::/10:
+    cloud metadata) when an attempt connects: a name that passed the send's check may point
+    there later. IP literals are checked when the send names them."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = [r for r in await super().resolve(host, port, family) if not link_local(r["host"])]
+        if not found:
+            raise OSError(f"{host} resolves to a link-local address only; refused")
+        return found
+
+
+def link_local(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # fe80::1%eth0
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local
+
+
 def origin(url: str) -> str:
     """The receiver an attempt goes to: the URL up to its path, as stored (scheme://netloc).
     Claims skip URLs starting with a full origin's text; that may also hold back a URL that
@@ -107,5 +134,5 @@ def _retry_after(value: str | None) -> float | None:
 def _describe(exc: aiohttp.ClientError) -> str:
     """An attempt's error for `last_error`: never the URL (its query may hold a token)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
+        return f"connection failed: {exc.os_error.strerror or exc.os_error}"
     return type(exc).__name__

@@ -52,7 +52,7 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
-from app.callbacks.attempt import Outcome, next_state, post
+from app.callbacks.attempt import NoLinkLocalResolver, Outcome, next_state, post
 from app.callbacks.attempt import origin as receiver_origin
 from app.callbacks.repository import (
     CLAIM_SQL,
@@ -134,7 +134,7 @@ class CallbackDispatcher:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._slots),
+            connector=aiohttp.TCPConnector(limit=self._slots, resolver=NoLinkLocalResolver()),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
         )
         await self._listen()

@@ -7,7 +7,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from app.callbacks.attempt import Outcome, _retry_after, next_state, origin
+from app.callbacks.attempt import (
+    NoLinkLocalResolver,
+    Outcome,
+    _retry_after,
+    link_local,
+    next_state,
+    origin,
+)
 from app.db import utcnow
 
 SCHEDULE = (5.0, 30.0)
@@ -56,3 +63,20 @@ def test_retry_after_reads_seconds_and_http_dates_and_ignores_junk() -> None:
 def test_the_origin_is_the_url_up_to_its_path() -> None:
     assert origin("https://billing.internal:8443/sms?token=x") == "https://billing.internal:8443"
     assert origin("http://user:pw@10.0.0.1/x") == "http://user:pw@10.0.0.1"
+
+
+def test_link_local_addresses_are_recognised_in_every_spelling() -> None:
+    for address in ("169.254.169.254", "fe80::1", "fe80::1%eth0", "::ffff:169.254.169.254"):
+        assert link_local(address), address
+    for address in ("127.0.0.1", "10.0.0.1", "2001:db8::1", "billing.internal"):
+        assert not link_local(address), address
+
+
+async def test_a_name_resolving_to_link_local_only_is_refused_when_connecting() -> None:
+    resolver = NoLinkLocalResolver()
+    try:
+        assert [r["host"] for r in await resolver.resolve("localhost")] == ["127.0.0.1"]
+        with pytest.raises(OSError, match="link-local"):
+            await resolver.resolve("169.254.169.254")
+    finally:
+        await resolver.close()

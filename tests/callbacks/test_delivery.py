@@ -207,3 +207,29 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_the_others(
         for event_id in good_events:
             await wait_state(db, event_id, "delivered")
         release.set()  # the relay stops without waiting for the held attempts' timeout
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_attempts_outcomes_and_latency_are_in_the_metrics(
+    db: asyncpg.Connection, relay_with_callbacks: Any, receiver: Receiver
+) -> None:
+    receiver.statuses = [503]
+    names = (
+        'relay_callback_attempts_total{outcome="5xx"}',
+        'relay_callback_attempts_total{outcome="2xx"}',
+        'relay_callback_events_total{state="delivered"}',
+        "relay_callback_delivery_seconds_count",
+    )
+    async with relay_with_callbacks() as relay:
+        before = (await relay.client.get("/metrics")).text
+        event_id = await _event_for_new_message(db, receiver.url, "REF-METRICS-1")
+        await wait_state(db, event_id, "delivered")
+        after = (await relay.client.get("/metrics")).text
+    assert [_metric(after, n) - _metric(before, n) for n in names] == [1, 1, 1, 1]
+    assert "relay_callback_pending" in after and "relay_callback_oldest_pending_seconds" in after
