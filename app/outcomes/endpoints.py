@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from app.db import utcnow
 from app.deps import ApiKeyDep, StateDep
 from app.errors import error_responses
 from app.outcomes import stats as service
 from app.outcomes.schemas import Stats
-from app.vocabulary import Channel
+from app.vocabulary import Channel, Timestamp
 
 router = APIRouter(tags=["outcomes"])
 
@@ -23,7 +22,7 @@ async def get_stats(
     state: StateDep,
     _caller: ApiKeyDep,
     since: Annotated[
-        AwareDatetime | None,
+        Timestamp | None,
         Query(
             description="Messages created at or after (ISO 8601 with offset; default: 24 h "
             "before `until`). Day buckets start at midnight at its offset.",
@@ -31,7 +30,7 @@ async def get_stats(
         ),
     ] = None,
     until: Annotated[
-        AwareDatetime | None,
+        Timestamp | None,
         Query(
             description="Messages created before (ISO 8601 with offset; default: now)",
             examples=["2026-11-25T00:00:00+08:00"],

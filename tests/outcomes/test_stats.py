@@ -227,6 +227,8 @@ async def test_a_dn_moves_a_message_between_statuses_in_the_stats(relay: Relay) 
     [
         ({"since": "2026-11-20T00:00:00"}, "since"),
         ({"until": "yesterday"}, "until"),
+        ({"until": "0.5"}, "until"),  # not a Unix timestamp: ISO 8601 only
+        ({"since": "9999-12-31T23:59:00-23:59"}, "since"),  # past what UTC can hold
         ({"since": "2026-11-21T00:00:00Z", "until": "2026-11-20T00:00:00Z"}, "since"),
         ({"bucket": "week"}, "bucket"),
         ({"channel": "fax"}, "channel"),
