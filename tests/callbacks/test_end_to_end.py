@@ -7,12 +7,20 @@ import asyncio
 
 import asyncpg
 import httpx
+import pytest
 
 from app.bulk360.simulator import Simulator
 from app.main import create_app
-from tests.callbacks.conftest import FAST_RETRIES, SECRET, Received, Receiver, run_receiver
+from tests.callbacks.conftest import (
+    FAST_RETRIES,
+    SECRET,
+    Received,
+    Receiver,
+    run_receiver,
+    wait_state,
+)
 from tests.conftest import TEST_API_KEY, RelayFactory, relay_settings
-from tests.servers import bound_socket, serve_in_loop
+from tests.servers import bound_socket, free_port, serve_in_loop
 
 
 async def test_delivered_then_undelivered_with_a_slow_receiver_ends_on_the_final_status(
@@ -110,3 +118,25 @@ async def test_the_url_is_stored_on_every_row_of_the_send_and_the_keys_default_a
     ]
     # Each answer recorded is a change: one event per row, version 1.
     assert await db.fetchval("SELECT count(*) FROM callback_events WHERE version = 1") == 3
+
+
+async def test_no_log_line_carries_a_callback_urls_path_or_query(
+    make_relay: RelayFactory,
+    simulator: Simulator,
+    db: asyncpg.Connection,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hooks/tenant-7?token=QUERYTOKEN"  # nothing listens
+    async with make_relay(
+        simulator.base_url, callback_retry_s=FAST_RETRIES, callback_signing_secrets=SECRET
+    ) as relay:
+        sent = await relay.client.post(
+            "/v1/messages", json={"to": "60123240066", "text": "hi", "callback_url": url}
+        )
+        assert sent.status_code == 201
+        [event] = await db.fetch("SELECT id FROM callback_events")
+        await wait_state(db, event["id"], "failed")
+    logged = capfd.readouterr()
+    assert "callback_attempt_failed" in logged.err + logged.out  # the attempts were logged...
+    assert "QUERYTOKEN" not in logged.err + logged.out  # ...by host only
+    assert "tenant-7" not in logged.err + logged.out
