@@ -84,20 +84,22 @@ _Head = tuple[bytes, bytes, str | None]  # authorization, content-length, Idempo
 
 def _head(scope: Scope) -> _Head | None:
     """The headers the fast path needs, or None if the route should see this request."""
-    authorization = length = key = None
-    json = False
+    # The first of repeated headers, as Starlette's `headers.get` reads them for the route.
+    authorization = length = key = content_type = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = authorization or value
         elif name == b"content-type":
-            json = value.split(b";", 1)[0].strip().lower() == b"application/json"
+            content_type = content_type or value
         elif name == b"content-length":
-            length = value
+            length = length or value
         elif name == b"idempotency-key" and key is None:
             if not _IDEMPOTENCY_KEY.fullmatch(value):
                 return None
             key = value.decode("ascii")
-    if authorization is None or length is None or not json:
+    if authorization is None or length is None or content_type is None:
+        return None
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
         return None
     return authorization, length, key
 
