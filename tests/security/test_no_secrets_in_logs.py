@@ -32,6 +32,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 import app
+from app.bulk360 import simulator as simulator_module
 from app.bulk360.simulator import Simulator, SimulatorConfig
 from app.config import hash_api_key
 from app.main import create_app
@@ -128,18 +129,21 @@ async def upstream() -> AsyncIterator[Upstream]:
         )
     )
     result = Upstream(sim, sock)
-    issue = sim._new_token
+    issue = simulator_module.new_token
 
-    def recording_issue() -> str:
-        token = issue()
+    def recording_issue(ttl_s: float) -> str:
+        token = issue(ttl_s)
         result.tokens.append(token)
         return token
 
-    sim._new_token = recording_issue  # type: ignore[method-assign]
-    await sim.start()
-    yield result
-    await sim.stop()
-    sock.close()
+    simulator_module.new_token = recording_issue  # the simulator issues its tokens with it
+    try:
+        await sim.start()
+        yield result
+        await sim.stop()
+    finally:
+        simulator_module.new_token = issue
+        sock.close()
 
 
 def _settings(db_url: str, upstream: str, fmt: str, app_secret: str) -> Any:
