@@ -1,7 +1,8 @@
 """The DN writer's database work per batch, without HTTP (run by hand).
 
     .venv/bin/python bench/dn_batch.py [--sizes 64,128,256] [--batches 200] [--messages 6667]
-                                       [--no-stats-triggers]
+                                       [--no-stats-triggers] [--no-callback-triggers]
+                                       [--callbacks]
 
 On a throw-away database (BENCH_DATABASE_URL's server, default
 postgresql://postgres@127.0.0.1/postgres), migrated and seeded with `--messages` messages
@@ -42,6 +43,18 @@ async def main() -> None:
         action="store_true",
         help="without the statistics rollup's triggers on messages (to measure what they cost)",
     )
+    parser.add_argument(
+        "--no-callback-triggers",
+        nargs="?",
+        const="messages_version,messages_callback_events",
+        default="",
+        help="without the status callbacks' triggers on messages (or only those named)",
+    )
+    parser.add_argument(
+        "--callbacks",
+        action="store_true",
+        help="every message has a callback_url: each change writes an outbox event",
+    )
     args = parser.parse_args()
     db_url, admin_dsn = await create_database("relay_batch")
     try:
@@ -49,9 +62,10 @@ async def main() -> None:
         refs = [f"bench-{i:07d}" for i in range(args.messages)]
         await conn.execute(
             "INSERT INTO messages (send_id, api_key_name, channel, msisdn, ref, status, dn_count,"
-            " created_at, updated_at) SELECT 'bench', 'bench', 'sms', '60123240066', r,"
-            " 'pending', 0, now(), now() FROM unnest($1::text[]) AS r",
+            " created_at, updated_at, callback_url) SELECT 'bench', 'bench', 'sms',"
+            " '60123240066', r, 'pending', 0, now(), now(), $2 FROM unnest($1::text[]) AS r",
             refs,
+            "http://127.0.0.1:9/hook" if args.callbacks else None,  # nobody delivers here
         )
         await conn.execute("ANALYZE")
         if args.no_stats_triggers:
@@ -59,6 +73,8 @@ async def main() -> None:
                 "ALTER TABLE messages DISABLE TRIGGER message_stats_insert,"
                 " DISABLE TRIGGER message_stats_update, DISABLE TRIGGER message_stats_delete"
             )
+        for trigger in args.no_callback_triggers.split(",") if args.no_callback_triggers else ():
+            await conn.execute(f"ALTER TABLE messages DISABLE TRIGGER {trigger}")
         rng = random.Random(7)
         print(f"{args.messages:,} messages; mean ms per batch (serial, one connection):")
         print(f"{'DNs':>5} {'BEGIN+locks':>12} {'statement':>10} {'COMMIT':>8} {'total':>8}")
