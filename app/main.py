@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import FastAPI
@@ -36,6 +36,9 @@ from app.ops.logging import configure_logging
 from app.ops.middleware import RequestMiddleware
 from app.outcomes.endpoints import router as outcomes_router
 from app.outcomes.sweeps import Sweeper
+
+if TYPE_CHECKING:
+    from app.bulk360.simulator import Simulator
 
 log = structlog.get_logger("app")
 
@@ -81,82 +84,93 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+async def _upstream(settings: Settings) -> tuple[str, Simulator | None]:
+    """The provider's base URL: the built-in simulator's (sandbox), else BULK360_BASE_URL."""
+    if not settings.uses_builtin_simulator:
+        return settings.bulk360_base_url, None
+    from app.bulk360.simulator import Simulator, SimulatorConfig
+
+    simulator = Simulator(
+        SimulatorConfig(
+            app_key=settings.effective_app_key,
+            app_secret=settings.effective_app_secret,
+            dn_url=f"{settings.public_base_url}/dn/{settings.effective_dn_hook_token}",
+            dn_delay_s=settings.sandbox_dn_delay_s,
+        )
+    )
+    return await simulator.start(), simulator
+
+
+async def _start(settings: Settings) -> tuple[State, Callable[[], Awaitable[None]]]:
+    """Build and start every component; return the app state and how to stop them."""
+    # DATABASE_URL, or the embedded server (sandbox): started in a thread, it takes ~1.5 s.
+    url = await asyncio.to_thread(embedded.database_url, settings)
+    engine = create_engine(url, pool_size=settings.db_pool_size)
+    base_url, simulator = await _upstream(settings)
+    bulk360 = Bulk360Client(settings, base_url=base_url)
+    dn_writer = DNWriter(settings, engine)
+    send_writer = SendWriter(engine, idempotency_ttl_h=settings.idempotency_ttl_h)
+    recorder = AnswerRecorder(send_writer.record)
+    sweeper = Sweeper(settings, engine)
+    await bulk360.start()
+    await bulk360.balance.start(engine)
+    await dn_writer.start()
+    await sweeper.start()
+    callbacks = None
+    if settings.callback_secrets:
+        # DN bursts first (see the dispatcher's docstring).
+        callbacks = CallbackDispatcher(
+            settings, url, ingest_busy=lambda: dn_writer.in_flight + dn_writer.queue_depth >= 50
+        )
+        await callbacks.start()
+    if settings.sandbox:
+        log.warning(
+            "sandbox mode: nothing is really sent; "
+            + ("built-in simulator is the upstream" if simulator else f"upstream {base_url}")
+            + "".join(f"; {d}" for d in settings.sandbox_defaults_in_use())
+        )
+
+    async def stop() -> None:
+        # uvicorn has finished in-flight requests by now; the writer drains its queue.
+        await sweeper.stop()
+        await dn_writer.stop()
+        await recorder.stop()  # before the engine goes: a last try to record them
+        await send_writer.wait()
+        if callbacks is not None:  # after the writers: their last commits may add events
+            await callbacks.stop()
+        await bulk360.close()
+        await bulk360.balance.stop()  # its last reading saved before the engine goes
+        if simulator is not None:
+            await simulator.stop()
+        await engine.dispose()
+
+    state = State(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        bulk360=bulk360,
+        dn_writer=dn_writer,
+        send_service=SendService(settings, client=bulk360, writer=send_writer, recorder=recorder),
+        simulator=simulator,
+        sweeper=sweeper,
+        callbacks=callbacks,
+    )
+    return state, stop
+
+
 def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, State]]:
-        # DATABASE_URL, or the embedded server (sandbox): started in a thread, it takes ~1.5 s.
-        url = await asyncio.to_thread(embedded.database_url, settings)
-        engine = create_engine(url, pool_size=settings.db_pool_size)
-        simulator = None
-        base_url = settings.bulk360_base_url
-        if settings.uses_builtin_simulator:
-            from app.bulk360.simulator import Simulator, SimulatorConfig
-
-            simulator = Simulator(
-                SimulatorConfig(
-                    app_key=settings.effective_app_key,
-                    app_secret=settings.effective_app_secret,
-                    dn_url=f"{settings.public_base_url}/dn/{settings.effective_dn_hook_token}",
-                    dn_delay_s=settings.sandbox_dn_delay_s,
-                )
-            )
-            base_url = await simulator.start()
-        bulk360 = Bulk360Client(settings, base_url=base_url)
-        dn_writer = DNWriter(settings, engine)
-        send_writer = SendWriter(engine, idempotency_ttl_h=settings.idempotency_ttl_h)
-        recorder = AnswerRecorder(send_writer.record)
-        send_service = SendService(settings, client=bulk360, writer=send_writer, recorder=recorder)
-        sweeper = Sweeper(settings, engine)
-        await bulk360.start()
-        await bulk360.balance.start(engine)
-        await dn_writer.start()
-        await sweeper.start()
-        callbacks = None
-        if settings.callback_secrets:
-            # DN bursts first (see the dispatcher's docstring).
-            callbacks = CallbackDispatcher(
-                settings,
-                url,
-                ingest_busy=lambda: dn_writer.in_flight + dn_writer.queue_depth >= 50,
-            )
-            await callbacks.start()
-        if settings.sandbox:
-            log.warning(
-                "sandbox mode: nothing is really sent; "
-                + ("built-in simulator is the upstream" if simulator else f"upstream {base_url}")
-                + "".join(f"; {d}" for d in settings.sandbox_defaults_in_use())
-            )
-        state = State(
-            settings=settings,
-            engine=engine,
-            sessionmaker=create_sessionmaker(engine),
-            bulk360=bulk360,
-            dn_writer=dn_writer,
-            send_service=send_service,
-            simulator=simulator,
-            sweeper=sweeper,
-            callbacks=callbacks,
-        )
+        state, stop = await _start(settings)
         if tune_gc:
             _tune_gc()
         try:
             yield {"relay": state}
         finally:
-            # uvicorn has finished in-flight requests by now; the writer drains its queue.
-            await sweeper.stop()
-            await dn_writer.stop()
-            await recorder.stop()  # before the engine goes: a last try to record them
-            await send_writer.wait()
-            if callbacks is not None:  # after the writer: its last commits may add events
-                await callbacks.stop()
-            await bulk360.close()
-            await bulk360.balance.stop()  # its last reading saved before the engine goes
-            if simulator is not None:
-                await simulator.stop()
-            await engine.dispose()
+            await stop()
 
     app = RelayApp(
         title="bulk360-relay",

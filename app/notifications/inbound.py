@@ -66,9 +66,10 @@ async def _multipart_fields(scope: Scope, body: bytes) -> dict[str, Any]:
         raise BadDN(400, "malformed_body", "the multipart form could not be parsed") from None
 
 
-async def body_fields(scope: Scope, receive: Callable[[], Any]) -> dict[str, Any]:
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The body's Content-Type (lower case); a declared length over the limit refused first."""
     content_type = b""
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name == b"content-length":
             if not value.isdigit():
                 raise BadDN(400, "malformed_body", "Content-Length is not a number")
@@ -78,19 +79,28 @@ async def body_fields(scope: Scope, receive: Callable[[], Any]) -> dict[str, Any
                 )
         elif name == b"content-type":
             content_type = value.lower()
+    return content_type
+
+
+def _json_fields(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadDN(400, "malformed_body", "the body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise BadDN(400, "malformed_body", "the JSON body must be an object")
+    return parsed
+
+
+async def body_fields(scope: Scope, receive: Callable[[], Any]) -> dict[str, Any]:
+    content_type = _content_type(scope["headers"])
     body = await _read_body(receive)
     if not body.strip():
         return {}
     if content_type.startswith(b"application/x-www-form-urlencoded"):
         return urlencoded_fields(body, "form body")
     if content_type.startswith(b"application/json") or b"+json" in content_type:
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BadDN(400, "malformed_body", "the body is not valid JSON") from None
-        if not isinstance(parsed, dict):
-            raise BadDN(400, "malformed_body", "the JSON body must be an object")
-        return parsed
+        return _json_fields(body)
     if content_type.startswith(b"multipart/form-data"):
         return await _multipart_fields(scope, body)
     shown = content_type.decode("latin-1")[:60] or "none"
