@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from app.bulk360.codes import ErrorCategory
 from app.callbacks.schemas import CallbackSummary
-
-MessageStatus = Literal["pending", "delivered", "undelivered", "expired", "rejected", "unknown"]
-Channel = Literal["sms", "whatsapp"]
+from app.notifications.schemas import DeliveryNotificationOut
+from app.vocabulary import Channel, MessageStatus
 
 _MESSAGE_EXAMPLE: dict[str, JsonValue] = {
     "id": 42,
@@ -25,6 +25,7 @@ _MESSAGE_EXAMPLE: dict[str, JsonValue] = {
     "delivery_status": "DELIVERED",
     "error_code": "000",
     "error_description": "Delivered",
+    "error_category": "none",
     "rate": "0.0800",
     "currency": "MYR",
     "encoding": "gsm7",
@@ -35,17 +36,6 @@ _MESSAGE_EXAMPLE: dict[str, JsonValue] = {
     "dn_count": 1,
     "created_at": "2026-11-24T20:15:02.998012+00:00",
 }
-
-
-class DeliveryNotificationOut(BaseModel):
-    """One DN as received; `seq` is its receipt order (a database sequence)."""
-
-    seq: int
-    status: str
-    error_code: str | None
-    error_description: str | None
-    msisdn: str | None
-    received_at: datetime
 
 
 class MessageOut(BaseModel):
@@ -67,6 +57,10 @@ class MessageOut(BaseModel):
     delivery_status: str | None = Field(description="raw status of the last DN received")
     error_code: str | None = Field(description="error code of the last DN received")
     error_description: str | None
+    error_category: ErrorCategory = Field(
+        description="what can be done about its outcome (none, temporary, permanent, account, "
+        "expired, unknown): from its last DN's code, or its submit code when rejected"
+    )
     rate: str | None = Field(description="price charged, a decimal string")
     currency: str | None
     encoding: Literal["gsm7", "ucs2"] | None
@@ -88,12 +82,16 @@ class MessageDetail(MessageOut):
                 **_MESSAGE_EXAMPLE,
                 "notifications": [
                     {
+                        "id": 9001,
                         "seq": 9001,
+                        "msgid": "BULK360-8f2c1e",
                         "status": "DELIVERED",
                         "error_code": "000",
                         "error_description": "Delivered",
+                        "error_category": "none",
                         "msisdn": "60123240066",
                         "received_at": "2026-11-24T20:15:07.882190+00:00",
+                        "message_id": 42,
                     }
                 ],
                 "callbacks": [

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.vocabulary import storable
+
 _SENDER = re.compile(r"[A-Za-z0-9]{1,11}")
 
 
@@ -40,14 +42,18 @@ class SendRequest(BaseModel):
     )
 
     to: str | list[str] = Field(description="Recipients: a comma-separated string or a list.")
-    text: str = Field(description="The message text (non-empty).")
+    text: str = Field(
+        description="The message text (non-empty).", json_schema_extra={"minLength": 1}
+    )
     sender: str | None = Field(
         default=None, alias="from", description="Sender name: 1-11 ASCII letters/digits."
     )
     client_ref: str | None = Field(
         default=None, description="Your own reference, up to 64 characters; searchable."
     )
-    detail: bool = Field(default=True, description="Include rate/currency/balance in the answer.")
+    detail: bool = Field(
+        default=True, strict=True, description="Include rate/currency/balance in the answer."
+    )
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
@@ -60,7 +66,7 @@ class SendRequest(BaseModel):
     def _text(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        return _storable(v)
+        return storable(v)
 
     @field_validator("sender")
     @classmethod
@@ -74,20 +80,7 @@ class SendRequest(BaseModel):
     def _client_ref(cls, v: str | None) -> str | None:
         if v is not None and not 1 <= len(v) <= 64:
             raise ValueError("must be 1-64 characters")
-        return v if v is None else _storable(v)
-
-
-def _storable(v: str) -> str:
-    # JSON may escape what no UTF-8 text holds (a lone surrogate: the send would fail after its
-    # rows were written) and what Postgres refuses in text (NUL: a 500 instead of a 422).
-    if "\x00" in v:
-        raise ValueError("must not contain NUL characters")
-    if not v.isascii():
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode (it holds an unpaired surrogate)") from None
-    return v
+        return v if v is None else storable(v)
 
 
 class MessageEntry(BaseModel):
