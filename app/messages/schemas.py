@@ -57,6 +57,11 @@ class SendRequest(BaseModel):
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
+        # Declared for clients and fuzzers; callbacks/service.py checks it (and the host).
+        json_schema_extra={
+            "format": "uri",
+            "pattern": r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/\S*)?$",
+        },
         description="Where to POST each status change of these messages (signed status "
         "callbacks); default: the API key's entry in CALLBACK_URLS.",
     )
