@@ -15,7 +15,6 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.client import Destination
@@ -28,6 +27,7 @@ from app.notifications.repository import begin_and_store
 from app.notifications.writer import PIPELINE, DNStoreError, InboundDN
 from tests.conftest import DN_TOKEN, Relay, relay_settings
 from tests.notifications.helpers import add_message, begin_recording_refs, dns, message, pg_dsn
+from tests.reliability.pgproxy import PgProxy
 from tests.servers import free_port
 
 HOOK = f"/dn/{DN_TOKEN}"
@@ -113,66 +113,24 @@ async def test_database_down_answers_503_at_once_never_500() -> None:
     assert elapsed < 3.0  # never as long as the ack timeout: refused connections fail fast
 
 
-class TcpProxy:
-    """A TCP relay to Postgres that the test can cut and restore: the database "going away"."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.pipes: set[asyncio.Task[None]] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        for task in (
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ):
-            self.pipes.add(task)
-            task.add_done_callback(self.pipes.discard)
-
-    async def up(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def down(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for task in list(self.pipes):
-            task.cancel()
-        await asyncio.gather(*self.pipes, return_exceptions=True)
-
-
 async def test_database_outage_only_503s_then_ingestion_resumes(
     db_url: str, engine: AsyncEngine
 ) -> None:
-    real = make_url(db_url)
-    proxy = TcpProxy(real.port or 5432)
-    await proxy.up()
-    via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy = PgProxy.for_url(db_url)  # the database "going away", on TCP or a Unix socket
+    await proxy.start()
+    via_proxy = proxy.url(db_url)
     try:
         async with relay_with(via_proxy, dn_ack_timeout_s=3.0) as relay:
             relay.state.dn_writer.breaker_open_s = 0.2
             assert (await relay.client.get(HOOK, params=dn_params("before"))).status_code == 200
 
-            await proxy.down()  # pooled connections die, new ones are refused
+            await proxy.stop()  # pooled connections die, new ones are refused
             during = [
                 await relay.client.get(HOOK, params=dn_params(f"during{i}")) for i in range(5)
             ]
             assert {r.status_code for r in during} == {503}
 
-            await proxy.up()
+            await proxy.start()
             answers: list[int] = []
 
             async def stored_again() -> bool:
@@ -182,7 +140,7 @@ async def test_database_outage_only_503s_then_ingestion_resumes(
 
             await until(stored_again, "ingestion to resume", timeout=10)
     finally:
-        await proxy.down()
+        await proxy.stop()
 
     assert set(answers) <= {200, 503}
     stored = [d["msgid"] for d in await dns(engine)]
