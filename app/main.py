@@ -96,6 +96,8 @@ async def _upstream(settings: Settings) -> tuple[str, Simulator | None]:
             app_secret=settings.effective_app_secret,
             dn_url=f"{settings.public_base_url}/dn/{settings.effective_dn_hook_token}",
             dn_delay_s=settings.sandbox_dn_delay_s,
+            # The distance to the real provider, for demos (CONTRACT §6).
+            latency_ms=SimulatorConfig.from_env().latency_ms,
         )
     )
     return await simulator.start(), simulator

@@ -758,3 +758,17 @@ async def test_run_serves_standalone_and_prints_its_real_address(
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_sandbox_built_in_simulator_takes_its_latency_from_the_environment(
+    make_relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIMULATOR_LATENCY_MS", "40")
+    async with make_relay(None) as relay:  # no BULK360_BASE_URL: the built-in simulator
+        assert relay.state.simulator is not None
+        assert relay.state.simulator.config.latency_ms == 40
+        started = time.perf_counter()
+        sent = await relay.client.post("/v1/messages", json={"to": "60123240066", "text": "hi"})
+        assert sent.status_code == 201, sent.text
+        # The token and the send each wait the latency.
+        assert time.perf_counter() - started >= 0.08
