@@ -21,13 +21,17 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query
 from sqlalchemy import ColumnElement, literal, tuple_
 
 from app.errors import AppError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500  # every list: a larger `limit` is a 422, never clamped
+PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")]
 _PAYLOAD = re.compile(r"^([a-z0-9]{1,8})\.(-?[0-9]{1,18})\.([0-9]{1,19})$")
 MESSAGES = "v1"
 DELIVERY_NOTIFICATIONS = "dn1"

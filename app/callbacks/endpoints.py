@@ -20,13 +20,10 @@ from app.callbacks.service import url_host
 from app.deps import ApiKeyDep, SessionDep
 from app.errors import AppError, error_responses
 from app.models import CallbackEvent
-from app.pagination import decode_cursor, encode_cursor
+from app.pagination import DEFAULT_LIMIT, PageLimit, decode_cursor, encode_cursor
 from app.vocabulary import Timestamp
 
 router = APIRouter(tags=["callbacks"])
-
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
 
 
 def _event_out(event: CallbackEvent) -> CallbackEventOut:
@@ -64,7 +61,7 @@ async def list_callbacks(
     until: Annotated[
         Timestamp | None, Query(description="Recorded before (ISO 8601 with offset)")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")] = DEFAULT_LIMIT,
+    limit: PageLimit = DEFAULT_LIMIT,
     cursor: Annotated[
         str | None, Query(description="`next_cursor` of the previous page", max_length=128)
     ] = None,

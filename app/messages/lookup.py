@@ -27,13 +27,10 @@ from app.messages.lookup_schemas import (
 from app.messages.recipients import RecipientError, parse_recipient
 from app.models import DeliveryNotification, Message
 from app.notifications.schemas import DeliveryNotificationOut
-from app.pagination import Cursor, before, decode_cursor, encode_cursor
+from app.pagination import DEFAULT_LIMIT, Cursor, PageLimit, before, decode_cursor, encode_cursor
 from app.vocabulary import Channel, MessageStatus, StorableStr, Timestamp
 
 router = APIRouter()  # included in the messages router, which tags its routes
-
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
 
 
 def _message_out(m: Message) -> dict[str, Any]:
@@ -161,7 +158,7 @@ async def list_messages(
             description="Created before (ISO 8601 with offset)", examples=["2026-11-25T00:00:00Z"]
         ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")] = DEFAULT_LIMIT,
+    limit: PageLimit = DEFAULT_LIMIT,
     cursor: Annotated[
         str | None, Query(description="`next_cursor` of the previous page", max_length=128)
     ] = None,

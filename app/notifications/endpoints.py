@@ -16,7 +16,7 @@ from app.notifications.schemas import (
     DeliveryNotificationPage,
     ErrorCodeTables,
 )
-from app.pagination import DELIVERY_NOTIFICATIONS, decode_cursor, encode_cursor
+from app.pagination import DELIVERY_NOTIFICATIONS, PageLimit, decode_cursor, encode_cursor
 from app.vocabulary import StorableStr
 
 router = APIRouter(tags=["delivery notifications"])
@@ -37,7 +37,7 @@ async def list_delivery_notifications(
     msgid: Annotated[
         StorableStr | None, Query(max_length=128, description="Only this msgid (as received).")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: PageLimit = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> DeliveryNotificationPage:
     """Every DN received (duplicates included), newest first, keyset-paginated."""
