@@ -22,7 +22,7 @@ names (the provider answers the send, sends the DN, and our UPDATE of the ref ha
 committed yet). Both sides take a transaction-scoped advisory lock per ref, sorted so two
 writers never deadlock, before they read or write: the send path on each ref it records, the
 DN writer on every candidate ref of each msgid (so a DN `X-0` and a send recording `X`
-serialise; shared on the cuts, see `_DN_LOCK_SQL`). Whichever commits second sees the other's
+serialise; shared on the cuts, see `dn_batch_locks`). Whichever commits second sees the other's
 rows: the DN writer matches the ref, or the send path attaches the waiting DN
 (`attach_waiting_dns`).
 """
@@ -139,15 +139,6 @@ _LOCK_SQL = (
     "BEGIN; SELECT pg_advisory_xact_lock(k)"
     " FROM (SELECT DISTINCT unnest('{{{keys}}}'::bigint[]) AS k ORDER BY 1) AS s"
 )
-# The DN writer's: exclusive on each msgid, shared on the cuts that are not msgids of the batch.
-# Shared, so DNs of different msgids with one cut (`X-0`, `X.0602-0`, `X-1-0` of the bench's
-# refs) do not queue behind each other; a send recording `X` (exclusive) waits for them all.
-_DN_LOCK_SQL = (
-    "BEGIN; SELECT CASE WHEN s.x THEN pg_advisory_xact_lock(s.k)"
-    " ELSE pg_advisory_xact_lock_shared(s.k) END"
-    " FROM (SELECT * FROM unnest('{{{keys}}}'::bigint[], '{{{modes}}}'::bool[]) AS u(k, x)"
-    " ORDER BY 1) AS s"
-)
 
 
 def category_of_dn(status: str, error_code: str | None) -> ErrorCategory:
@@ -182,19 +173,29 @@ def cuts_sql(msgid: str) -> str:
     )
 
 
-def begin_dn_batch_sql(msgids: Iterable[str]) -> str:
-    """BEGIN and a DN batch's locks as one simple query: each msgid's exclusive, its cuts'
-    shared, in key order."""
-    exclusive = set(msgids)
-    modes = {lock_key(ref): True for ref in exclusive}
-    for msgid in exclusive:
-        if "-" in msgid or "." in msgid:  # most msgids have no cut: no scan
-            for ref in candidate_refs(msgid)[1:]:
-                modes.setdefault(lock_key(ref), False)
-    keys = sorted(modes)
-    return _DN_LOCK_SQL.format(
-        keys=",".join(map(str, keys)), modes=",".join("t" if modes[k] else "f" for k in keys)
-    )
+def dn_lock_keys(msgid: str) -> tuple[int, ...]:
+    """The advisory lock keys a DN with this msgid takes: its msgid's first (exclusive), then
+    its cuts' (shared, see `dn_batch_locks`)."""
+    if "-" not in msgid and "." not in msgid:  # most msgids have no cut: no scan
+        return (lock_key(msgid),)
+    return tuple(lock_key(ref) for ref in candidate_refs(msgid))
+
+
+def dn_batch_locks(keys_per_dn: Iterable[tuple[int, ...]]) -> tuple[list[int], list[bool]]:
+    """A DN batch's locks from its DNs' `dn_lock_keys`, in key order, with their modes
+    (True: exclusive): exclusive on each msgid, shared on the cuts that are not msgids of
+    the batch. Shared, so DNs of different msgids with one cut (`X-0`, `X.0602-0`, `X-1-0` of
+    the bench's refs) do not queue behind each other; a send recording `X` (exclusive)
+    waits for them all."""
+    modes: dict[int, bool] = {}
+    cuts: list[int] = []
+    for keys in keys_per_dn:
+        modes[keys[0]] = True
+        cuts.extend(keys[1:])
+    for key in cuts:
+        modes.setdefault(key, False)
+    ordered = sorted(modes)
+    return ordered, [modes[key] for key in ordered]
 
 
 def lock_key(ref: str) -> int:

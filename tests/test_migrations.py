@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.migrate import downgrade, head_revision, upgrade
 from app.models import Base
+from app.notifications.repository import STORE_FUNCTION, STORE_FUNCTION_ARGS
 
 
 async def _tables(url: str) -> set[str]:
@@ -46,3 +47,22 @@ async def test_models_and_migrations_agree(postgres_url: str) -> None:
         await engine.dispose()
     assert diff == []
     assert head_revision() is not None
+
+
+async def test_the_dn_batch_function_is_the_codes(postgres_url: str) -> None:
+    """The database's `dn_store_batch` is `repository.STORE_FUNCTION`: a change to the DN
+    batch's SQL needs a migration replacing the function (its body is frozen in one)."""
+    engine = create_async_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT prosrc, pg_get_function_arguments(oid) FROM pg_proc"
+                        " WHERE proname = 'dn_store_batch'"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    assert (row[0], row[1]) == (STORE_FUNCTION, STORE_FUNCTION_ARGS)

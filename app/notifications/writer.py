@@ -5,16 +5,14 @@ the transaction that holds it; only then is it answered 200. One writer task per
 takes whatever has queued up (at most `DN_BATCH_MAX` DNs) and writes it in one transaction,
 so under load one fsync covers hundreds of DNs instead of one.
 
-In that transaction, in this order, in three round trips:
-1. BEGIN and the advisory locks of every msgid (exclusive) and of its suffix cuts (shared),
-   sorted, as one simple query (`delivery.begin_dn_batch_sql`): the locks the send path
-   takes on a ref it records (exclusive), so a DN and its message never race;
-2. one statement (`repository.STORE_BATCH`): `INSERT ... SELECT ... FROM unnest(...) WITH
-   ORDINALITY ORDER BY ordinality`, which draws ids (the receipt sequence) in arrival order
-   and sets `message_id` from `messages.ref` (the msgid, else its longest cut candidate: see
-   `app.delivery`), and an UPDATE of the matched messages from the newest DN of the batch (only
-   forward) with their DN count increased by the batch's;
-3. COMMIT.
+That transaction is one call of the database function `dn_store_batch`, sent outside BEGIN
+so that its COMMIT comes in the same round trip (`repository.STORE_FUNCTION`): it takes the
+advisory locks of every msgid (exclusive) and of its suffix cuts (shared), in key order (the
+locks the send path takes on a ref it records, so a DN and its message never race); inserts
+the DNs in arrival order, drawing ids (the receipt sequence) and setting `message_id` from
+`messages.ref` (the msgid, else its longest cut candidate: see `app.delivery`); and moves the
+matched messages to the newest DN of the batch (only forward), their DN count increased by
+the batch's.
 
 Failures:
 - queue full, writer stopping, or the database recently failed (the breaker is open for
@@ -25,10 +23,12 @@ Failures:
 - a batch failing for another reason is retried one DN per transaction, so one bad row cannot
   fail its neighbours; a DN that fails alone raises `DNStoreError`.
 
-Two batches may be in flight: the next one starts once the previous one's INSERT
-has drawn its ids, so ids still follow arrival order, and DNs for the same msgid still
-serialise on the advisory lock. (A batch retried row by row after a non-database failure is
-the exception: those rows get ids after DNs that arrived later.)
+Two batches may be in flight, and they never share a lock key: a DN whose msgid (or one of
+its cuts) is in a batch in flight waits in the queue for the next batch, with every later DN
+meeting its keys (`_take_batch`). So per msgid, ids follow arrival order; across msgids, a
+later batch may draw lower ids than an earlier one still in flight. (A batch retried row by
+row after a non-database failure is the exception: those rows get ids after DNs that arrived
+later.)
 
 The writer goes through asyncpg directly, on a connection checked out of SQLAlchemy's pool per
 batch (`db.pooled_asyncpg`, as the send path) rather than one held for ever: the checkout costs
@@ -40,7 +40,6 @@ replacement of connections killed by a database restart (`db.create_engine` chec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import NamedTuple
 
@@ -49,8 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db import pooled_asyncpg
+from app.delivery import dn_lock_keys
 from app.errors import is_database_unavailable
-from app.notifications.repository import EMPTY_BATCH, STORE_BATCH, begin_and_store
+from app.notifications.repository import EMPTY_BATCH, STORE_BATCH, store_batch
 from app.ops.metrics import DN_BATCH_SECONDS, DN_BATCH_SIZE, DN_QUEUE_DEPTH
 
 log = structlog.get_logger("app.dn_writer")
@@ -83,20 +83,9 @@ class DNStoreError(Exception):
 _Item = tuple[InboundDN, "asyncio.Future[None]"]
 
 # Batches in flight at once: while one commits, the next locks and inserts, so
-# neither the event loop nor the database sits idle waiting for the other.
+# neither the event loop nor the database sits idle waiting for the other. Batches in flight
+# share no lock key (`_take_batch`).
 PIPELINE = 2
-
-
-class _Turn:
-    """The right to draw ids next; released once, after the INSERT or when the batch ends."""
-
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self._lock: asyncio.Lock | None = lock
-
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
 
 
 class DNWriter:
@@ -115,8 +104,8 @@ class DNWriter:
         self.breaker_open_s = BREAKER_OPEN_S
         self._in_flight = 0
         self._slots = asyncio.Semaphore(PIPELINE)
-        self._turn = asyncio.Lock()
-        self._batches: set[asyncio.Task[None]] = set()
+        # The lock keys of each batch in flight (its msgids', its cuts'): `_take_batch`.
+        self._batches: dict[asyncio.Task[None], tuple[set[int], set[int]]] = {}
 
     @property
     def queue_depth(self) -> int:
@@ -204,21 +193,16 @@ class DNWriter:
             self._wakeup.clear()
             while self._pending:
                 await self._slots.acquire()
-                # The next batch starts once the previous one's INSERT has drawn its ids, so
-                # ids follow arrival order across batches too.
-                await self._turn.acquire()
-                batch = self._pending[: self._batch_max]
-                del self._pending[: self._batch_max]
+                batch, keys = self._take_batch()
                 DN_QUEUE_DEPTH.set(len(self._pending))
-                # Callers that timed out (future done) were answered 503: skip them.
-                batch = [item for item in batch if not item[1].done()]
                 if not batch:
-                    self._turn.release()
                     self._slots.release()
+                    if self._pending:  # each DN left waits for a batch in flight
+                        await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 self._in_flight += len(batch)
-                task = asyncio.create_task(self._write(batch, _Turn(self._turn)))
-                self._batches.add(task)
+                task = asyncio.create_task(self._write(batch, keys))
+                self._batches[task] = ({k[0] for k in keys}, {c for k in keys for c in k[1:]})
                 task.add_done_callback(self._batch_done)
             DN_QUEUE_DEPTH.set(0)
             if self._closing:
@@ -226,26 +210,66 @@ class DNWriter:
                 if not self._pending:
                     return
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._batches.discard(task)
-        self._slots.release()
+    def _take_batch(self) -> tuple[list[_Item], list[tuple[int, ...]]]:
+        """The next batch (at most `DN_BATCH_MAX` DNs, in arrival order) and its DNs' lock
+        keys (`delivery.dn_lock_keys`: the msgid's, exclusive, then its cuts', shared).
 
-    async def _write(self, batch: list[_Item], turn: _Turn) -> None:
+        A DN whose locks would wait for a batch in flight (its msgid's key among that batch's
+        keys, or a cut's key among its msgids') stays queued for a later batch, and so does
+        every later DN of its msgid: per msgid, DNs are stored in arrival order, so their ids
+        follow it. Across msgids, a later batch may draw lower ids than an earlier one still
+        in flight. Callers that timed out (future done) were answered 503: dropped."""
+        busy_all: set[int] = set()
+        busy_msgids: set[int] = set()
+        for msgid_keys, cut_keys in self._batches.values():
+            busy_all |= msgid_keys
+            busy_all |= cut_keys
+            busy_msgids |= msgid_keys
+        # The same two sets for the DNs left queued, which later DNs must not overtake.
+        held_all: set[int] = set()
+        held_msgids: set[int] = set()
+        batch: list[_Item] = []
+        keys: list[tuple[int, ...]] = []
+        left: list[_Item] = []
+        pending = self._pending
+        taken = len(pending)
+        for index, item in enumerate(pending):
+            if len(batch) >= self._batch_max:
+                taken = index
+                break
+            if item[1].done():
+                continue
+            dn_keys = dn_lock_keys(item[0].msgid)
+            if _meets(dn_keys, busy_all, busy_msgids) or _meets(dn_keys, held_all, held_msgids):
+                left.append(item)
+                held_all.update(dn_keys)
+                held_msgids.add(dn_keys[0])
+            else:
+                batch.append(item)
+                keys.append(dn_keys)
+        self._pending = left + pending[taken:]
+        return batch, keys
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.pop(task, None)
+        self._slots.release()
+        if self._pending:
+            self._wakeup.set()
+
+    async def _write(self, batch: list[_Item], keys: list[tuple[int, ...]]) -> None:
         try:
-            await self._write_batch(batch, turn)
+            await self._write_batch(batch, keys)
         except Exception as exc:  # a bug: answer rather than leave callers waiting
             log.error("dn_writer_error", error=type(exc).__name__, exc_info=exc)
             self._fail(batch, DNStoreError(type(exc).__name__))
         finally:
-            turn.release()
             self._in_flight -= len(batch)
 
-    async def _write_batch(self, batch: list[_Item], turn: _Turn) -> None:
+    async def _write_batch(self, batch: list[_Item], keys: list[tuple[int, ...]]) -> None:
         started = time.perf_counter()
         try:
-            await self._commit([dn for dn, _ in batch], turn)
+            await self._commit([dn for dn, _ in batch], keys)
         except Exception as exc:
-            turn.release()
             if is_database_unavailable(exc):
                 self._open_breaker(exc)
                 # Everything queued before the breaker opened would fail the same way.
@@ -256,8 +280,6 @@ class DNWriter:
             )
             await self._write_singly(batch)
             return
-        finally:
-            turn.release()
         self._down_until = 0.0
         DN_BATCH_SECONDS.observe(time.perf_counter() - started)
         DN_BATCH_SIZE.observe(len(batch))
@@ -287,23 +309,19 @@ class DNWriter:
             log.warning("dn_database_unavailable", error=type(exc).__name__)
         self._down_until = asyncio.get_running_loop().time() + self.breaker_open_s
 
-    async def _commit(self, dns: list[InboundDN], turn: _Turn | None) -> None:
-        """Three round trips: BEGIN with the msgids' locks (one simple query), the batch's
-        statement, COMMIT."""
+    async def _commit(self, dns: list[InboundDN], keys: list[tuple[int, ...]] | None) -> None:
+        """One round trip: the batch's function, outside BEGIN, so its COMMIT comes with it.
+        If the connection fails before the answer, the batch may have committed: its callers
+        get 503 and their retries store duplicates, which are harmless."""
         # `pooled_asyncpg` discards the connection if it died.
         async with pooled_asyncpg(self._engine) as apg:
-            committing = False
-            try:
-                await begin_and_store(apg, dns)
-                if turn is not None:
-                    turn.release()  # ids drawn: the next batch may start while this commits
-                committing = True
-                await apg.execute("COMMIT")
-            except BaseException:
-                if not committing:
-                    with contextlib.suppress(Exception):
-                        await apg.execute("ROLLBACK")
-                raise
+            await store_batch(apg, dns, keys)
+
+
+def _meets(dn_keys: tuple[int, ...], all_keys: set[int], msgid_keys: set[int]) -> bool:
+    """Whether a DN's locks (`dn_keys`) would wait for locks held on `all_keys`, of which
+    `msgid_keys` exclusive: its msgid's lock waits for any, its cuts' for an exclusive one."""
+    return dn_keys[0] in all_keys or not msgid_keys.isdisjoint(dn_keys)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

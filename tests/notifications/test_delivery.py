@@ -17,7 +17,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.simulator import Simulator, SimulatorConfig
-from app.delivery import MAX_SUFFIX_CUTS, begin_dn_batch_sql, candidate_refs, cuts_sql, lock_key
+from app.delivery import (
+    MAX_SUFFIX_CUTS,
+    candidate_refs,
+    cuts_sql,
+    dn_batch_locks,
+    dn_lock_keys,
+    lock_key,
+)
 from app.main import create_app
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import InboundDN
@@ -61,13 +68,13 @@ def test_candidate_refs_are_the_msgid_then_its_cuts_longest_first(
 
 
 def test_a_batch_locks_its_msgids_exclusive_and_their_cuts_shared() -> None:
-    begin = begin_dn_batch_sql(["plain", "x-0", "y.1-2", "x"])
+    msgids = ["plain", "x-0", "y.1-2", "x"]
+    keys, exclusive = dn_batch_locks(dn_lock_keys(m) for m in msgids)
 
-    keys = {lock_key(r): r for r in ("plain", "x-0", "y.1-2", "x", "y.1", "y")}
-    listed = begin.split("'{")[1].split("}'")[0].split(",")
-    modes = begin.split("'{")[2].split("}'")[0].split(",")
-    assert [int(k) for k in listed] == sorted(keys)
-    shared = {keys[int(k)] for k, mode in zip(listed, modes, strict=True) if mode == "f"}
+    by_key = {lock_key(r): r for r in ("plain", "x-0", "y.1-2", "x", "y.1", "y")}
+    assert keys == sorted(by_key)
+    assert dn_lock_keys("y.1-2") == tuple(lock_key(r) for r in ("y.1-2", "y.1", "y"))
+    shared = {by_key[k] for k, x in zip(keys, exclusive, strict=True) if not x}
     assert shared == {"y.1", "y"}  # `x` is a msgid of the batch too: exclusive
 
 

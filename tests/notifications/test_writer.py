@@ -153,7 +153,10 @@ async def test_queue_full_answers_503_immediately(db_url: str, engine: AsyncEngi
         async with writer_blocked(db_url, "held"):
             first = asyncio.create_task(relay.client.get(HOOK, params=dn_params("held")))
             await until(lambda: writer.in_flight == 1, "the writer to take the first DN")
-            second = asyncio.create_task(relay.client.get(HOOK, params=dn_params("queued")))
+            # Of the msgid in flight, so it waits in the queue (another msgid would not).
+            second = asyncio.create_task(
+                relay.client.get(HOOK, params=dn_params("held", "UNDELIVERED", "501"))
+            )
             await until(lambda: writer.queue_depth == 1, "the second DN to queue")
 
             started = time.monotonic()
@@ -164,7 +167,10 @@ async def test_queue_full_answers_503_immediately(db_url: str, engine: AsyncEngi
     assert refused.status_code == 503
     assert "queue is full" in refused.json()["detail"]
     assert (first_r.status_code, second_r.status_code) == (200, 200)
-    assert [d["msgid"] for d in await dns(engine)] == ["held", "queued"]
+    assert [(d["msgid"], d["status"]) for d in await dns(engine)] == [
+        ("held", "DELIVERED"),
+        ("held", "UNDELIVERED"),
+    ]
 
 
 async def test_stop_drains_every_queued_dn_and_answers_200(
@@ -175,8 +181,11 @@ async def test_stop_drains_every_queued_dn_and_answers_200(
         async with writer_blocked(db_url, "m0"):
             first = asyncio.create_task(relay.client.post(HOOK, data=dn_params("m0")))
             await until(lambda: writer.in_flight == 1, "the writer to take the first DN")
+            # Of the msgid in flight, so they wait in the queue (other msgids would not).
             queued = [
-                asyncio.create_task(relay.client.post(HOOK, json=dn_params(f"m{i}")))
+                asyncio.create_task(
+                    relay.client.post(HOOK, json=dn_params("m0", "UNDELIVERED", f"50{i}"))
+                )
                 for i in range(1, 10)
             ]
             await until(lambda: writer.queue_depth == 9, "nine DNs to queue")
@@ -188,7 +197,10 @@ async def test_stop_drains_every_queued_dn_and_answers_200(
 
     assert [r.status_code for r in answers] == [200] * 10
     assert late.status_code == 503  # refused once stopping, never queued and dropped
-    assert [d["msgid"] for d in await dns(engine)] == [f"m{i}" for i in range(10)]
+    stored = await dns(engine)
+    assert [(d["msgid"], d["error_code"]) for d in stored] == [("m0", "000")] + [
+        ("m0", f"50{i}") for i in range(1, 10)
+    ]
 
 
 async def test_one_bad_row_does_not_fail_its_batch(relay: Relay, engine: AsyncEngine) -> None:
@@ -220,6 +232,32 @@ async def test_arrival_order_is_the_receipt_sequence(relay: Relay, engine: Async
 
     stored = await dns(engine, "same")
     assert [d["status"] for d in stored] == [d.status for d in dns_in]
+
+
+async def test_a_blocked_batch_holds_up_only_its_msgids_dns(
+    db_url: str, relay: Relay, engine: AsyncEngine
+) -> None:
+    """A batch waiting in the database (here for a lock another transaction holds) delays
+    the DNs of its msgid, which keep their arrival order, and no other DN: those go in a
+    batch of their own and are answered meanwhile."""
+    writer = relay.state.dn_writer
+
+    def dn(msgid: str, status: str) -> InboundDN:
+        return InboundDN(msgid, status, None, None, None, "{}", time.time())
+
+    async with writer_blocked(db_url, "held"):
+        first = asyncio.create_task(writer.store(dn("held", "DELIVERED")))
+        await until(lambda: lock_waiters(pg_dsn(db_url)), "the first batch to wait for the lock")
+        later = asyncio.create_task(writer.store(dn("held", "UNDELIVERED")))
+        await writer.store(dn("free", "DELIVERED"))  # answered while "held" waits
+        assert not first.done() and not later.done()
+        assert [d["status"] for d in await dns(engine, "free")] == ["DELIVERED"]
+        assert await dns(engine, "held") == []
+    await asyncio.gather(first, later)
+
+    stored = await dns(engine, "held")
+    assert [d["status"] for d in stored] == ["DELIVERED", "UNDELIVERED"]
+    assert stored[0]["id"] < stored[1]["id"]
 
 
 # ---- listing ------------------------------------------------------------------------------
