@@ -125,7 +125,7 @@ async def upstream() -> AsyncIterator[Upstream]:
             app_secret=APP_SECRET,
             dn_url=f"http://127.0.0.1:{sock.getsockname()[1]}/dn/{DN_TOKEN}",
             dn_delay_s=0.0,
-            slow_s=1.0,
+            slow_s=2.0,
         )
     )
     result = Upstream(sim, sock)
@@ -154,7 +154,7 @@ def _settings(db_url: str, upstream: str, fmt: str, app_secret: str) -> Any:
         dn_hook_token=DN_TOKEN,
         bulk360_app_key=APP_KEY,
         bulk360_app_secret=app_secret,
-        bulk360_timeout_s=0.3,
+        bulk360_timeout_s=1.0,  # short for the timeout step, long enough on a loaded machine
         log_level="DEBUG",
         log_format=fmt,
     )
