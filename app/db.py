@@ -112,18 +112,3 @@ async def pooled_asyncpg(engine: AsyncEngine) -> AsyncIterator[Any]:
     finally:
         # Back to the pool; in a greenlet because the pool may close it (invalidated).
         await greenlet_spawn(raw.close)
-
-
-@asynccontextmanager
-async def raw_transaction(engine: AsyncEngine, begin: str = "BEGIN") -> AsyncIterator[Any]:
-    """`pooled_asyncpg` inside a transaction: `begin` (BEGIN, or BEGIN and more as one simple
-    query: one round trip), the caller's statements, COMMIT; ROLLBACK if the body raises."""
-    async with pooled_asyncpg(engine) as apg:
-        await apg.execute(begin)
-        try:
-            yield apg
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await apg.execute("ROLLBACK")
-            raise
-        await apg.execute("COMMIT")

@@ -85,9 +85,10 @@ APPLY_BATCH_SET: Final = (
     + "    updated_at = CURRENT_TIMESTAMP"
 )
 
-# Recompute messages ($1) from their newest DN, counting every DN: after DNs were attached.
+# Recompute messages ({ids}: an SQL bigint[]) from their newest DN, counting every DN: after DNs
+# were attached.
 # DISTINCT ON walks the (message_id, id) index once per message. Fixed text only.
-_REFRESH = (
+_REFRESH_SQL = (
     "UPDATE messages SET\n"  # noqa: S608
     "    dn_count = (SELECT count(*) FROM delivery_notifications c"
     " WHERE c.message_id = messages.id),\n"
@@ -97,7 +98,7 @@ FROM (
     SELECT DISTINCT ON (dn.message_id)
            dn.id, dn.message_id, dn.status, dn.error_code, dn.error_description, dn.received_at
     FROM delivery_notifications dn
-    WHERE dn.message_id = ANY($1::bigint[])
+    WHERE dn.message_id = ANY({ids})
     ORDER BY dn.message_id, dn.id DESC
 ) AS d
 WHERE messages.id = d.message_id
@@ -118,11 +119,11 @@ _IS_CANDIDATE = (
 _WAITING = "d.message_id IS NULL AND d.msgid ~>=~ {ref} AND d.msgid ~<~ ({ref} || '/')"
 
 # DNs stored before their message's ref was recorded, attached to the longest candidate ref of
-# those being recorded ($1 message ids, $2 their refs).
-_ATTACH = f"""
+# those being recorded ({ids}: message ids, {refs}: their refs; SQL arrays).
+_ATTACH_SQL = f"""
 WITH pick AS (
     SELECT DISTINCT ON (d.id) d.id, v.id AS message_id
-    FROM unnest($1::bigint[], $2::text[]) AS v(id, ref)
+    FROM unnest({{ids}}, {{refs}}) AS v(id, ref)
     JOIN delivery_notifications d ON {_WAITING.format(ref="v.ref")}
     WHERE {_IS_CANDIDATE.format(ref="v.ref")}
     ORDER BY d.id, length(v.ref) DESC
@@ -131,6 +132,21 @@ UPDATE delivery_notifications d SET message_id = pick.message_id
 FROM pick WHERE d.id = pick.id
 RETURNING d.message_id
 """  # noqa: S608 - fixed text only
+
+
+def refresh_sql(ids: str) -> str:
+    """The statement recomputing messages `ids` (an SQL bigint[] expression) from their DNs."""
+    return _REFRESH_SQL.format(ids=ids)
+
+
+def attach_sql(ids: str, refs: str) -> str:
+    """The statement attaching waiting DNs to messages `ids` with refs `refs` (SQL arrays);
+    it returns the message id of each DN attached."""
+    return _ATTACH_SQL.format(ids=ids, refs=refs)
+
+
+_REFRESH = refresh_sql("$1::bigint[]")
+_ATTACH = attach_sql("$1::bigint[]", "$2::text[]")
 
 # Advisory lock keys: a 64-bit hash of the ref, computed here rather than in SQL so that a
 # writer can take its locks in the same round trip as its BEGIN. Every writer takes its locks

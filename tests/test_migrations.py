@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.messages.repository import RECORD_FUNCTION, RECORD_FUNCTION_ARGS
 from app.migrate import downgrade, head_revision, upgrade
 from app.models import Base
 from app.notifications.repository import STORE_FUNCTION, STORE_FUNCTION_ARGS
@@ -49,9 +51,18 @@ async def test_models_and_migrations_agree(postgres_url: str) -> None:
     assert head_revision() is not None
 
 
-async def test_the_dn_batch_function_is_the_codes(postgres_url: str) -> None:
-    """The database's `dn_store_batch` is `repository.STORE_FUNCTION`: a change to the DN
-    batch's SQL needs a migration replacing the function (its body is frozen in one)."""
+@pytest.mark.parametrize(
+    ("name", "body", "args"),
+    [
+        ("dn_store_batch", STORE_FUNCTION, STORE_FUNCTION_ARGS),
+        ("record_send_answers", RECORD_FUNCTION, RECORD_FUNCTION_ARGS),
+    ],
+)
+async def test_the_database_functions_are_the_codes(
+    postgres_url: str, name: str, body: str, args: str
+) -> None:
+    """The functions the DN writer and the send path call are the SQL in their modules: a
+    change to that SQL needs a migration replacing the function (its body is frozen in one)."""
     engine = create_async_engine(postgres_url)
     try:
         async with engine.connect() as conn:
@@ -59,10 +70,11 @@ async def test_the_dn_batch_function_is_the_codes(postgres_url: str) -> None:
                 await conn.execute(
                     text(
                         "SELECT prosrc, pg_get_function_arguments(oid) FROM pg_proc"
-                        " WHERE proname = 'dn_store_batch'"
-                    )
+                        " WHERE proname = :name"
+                    ),
+                    {"name": name},
                 )
             ).one()
     finally:
         await engine.dispose()
-    assert (row[0], row[1]) == (STORE_FUNCTION, STORE_FUNCTION_ARGS)
+    assert (row[0], row[1]) == (body, args)

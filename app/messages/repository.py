@@ -7,11 +7,12 @@ transaction. A batch of one is the same code.
 - `insert_rows`: the Idempotency-Key claims and the rows (status `unknown`, no ref) in ONE
   statement, committed on its own before anything goes upstream (CONTRACT §4.1). A send whose
   key another request holds gets no rows; `existing_claim` then says what that claim means.
-- `record_answers`: BEGIN with the ref locks (`delivery.begin_and_lock_sql`, one round trip),
-  one statement that fills in the rows and stores the Idempotency-Key responses, the DNs that
-  beat the answers attached (`delivery.attach_waiting_dns`), COMMIT. Each row is only touched
-  while it is still as `insert_rows` left it (`unknown`, no ref), so recording an answer again
-  (after a COMMIT whose outcome was lost with the connection) can never undo a later DN.
+- `record_answers`: one call of the database function `record_send_answers` (outside BEGIN:
+  its COMMIT comes in the same round trip): the ref locks, one statement that fills in the
+  rows and stores the Idempotency-Key responses, the DNs that beat the answers attached. Each
+  row is only touched while it is still as `insert_rows` left it (`unknown`, no ref), so
+  recording an answer again (after a COMMIT whose outcome was lost with the connection) can
+  never undo a later DN.
 - Expired Idempotency-Keys are purged by the periodic sweep (app/outcomes/sweeps.py).
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.delivery import attach_waiting_dns, begin_and_lock_sql, waiting_dns_exist
+from app.delivery import attach_sql, lock_key, refresh_sql, waiting_dns_exist
 from app.messages.outcome import DESC_MAX, Entry
 
 
@@ -105,26 +106,63 @@ _EXISTING_CLAIM = (
     "SELECT request_hash, response_status, response_body, created_at FROM idempotency_keys "
     "WHERE api_key_name = $1 AND key = $2"
 )
-# The answers in one statement, after the ref locks: the rows and the stored Idempotency-Key
-# responses. It returns, per recorded ref, whether a DN for it may be waiting to be attached
-# (it beat the answer): those are attached in the same transaction.
-_RECORD_ANSWERS = f"""
-WITH v AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
-                         $6::text[], $7::text[], $8::timestamptz[])
-         AS v(id, status, ref, code, descr, rate, currency, submitted_at)
-), stored AS (
-    UPDATE idempotency_keys k SET response_status = r.status, response_body = r.body
-    FROM unnest($10::text[], $11::text[], $12::int[], $13::text[])
-         AS r(api_key_name, key, status, body)
-    WHERE k.api_key_name = r.api_key_name AND k.key = r.key
-)
-UPDATE messages m SET status = v.status, ref = v.ref, submit_code = v.code,
-    submit_desc = v.descr, rate = v.rate, currency = v.currency,
-    submitted_at = v.submitted_at, updated_at = $9
-FROM v WHERE m.id = v.id AND m.status = 'unknown' AND m.ref IS NULL
-RETURNING m.id, m.ref, {waiting_dns_exist("m.ref")}
+# The answers in one round trip: the database function `record_send_answers` (created by the
+# migration 9d4c1f6a2b85 from `RECORD_FUNCTION` below; tests/test_migrations.py pins the two
+# equal), called outside BEGIN, so that its COMMIT comes with it (as the DN writer's batch:
+# three round trips through a busy event loop cost more than the work). In the function:
+# 1. the refs' advisory locks (exclusive, in key order: `delivery.lock_key`);
+# 2. one statement (a new snapshot, after the locks): the rows and the stored Idempotency-Key
+#    responses, noting per recorded ref whether a DN for it may be waiting (it beat the
+#    answer);
+# 3. only if one may: those DNs attached and their messages moved to their last DN
+#    (`delivery.attach_sql`, `delivery.refresh_sql`).
+# Planned for each batch's own size (`plan_cache_mode`): a generic plan guesses ten rows per
+# array and scans every `unknown` row once per entry (a 1,000-recipient answer: 0.1 s planned
+# for its size, 0.85-1.8 s generic). A custom plan costs ~1 ms of planning per batch.
+RECORD_FUNCTION = f"""
+DECLARE
+    waiting_ids bigint[];
+    waiting_refs text[];
+    attached bigint[];
+BEGIN
+    PERFORM pg_advisory_xact_lock(s.k)
+    FROM (SELECT DISTINCT unnest(p_lock_keys) AS k ORDER BY 1) AS s;
+    WITH v AS (
+        SELECT * FROM unnest(p_id, p_status, p_ref, p_code, p_descr, p_rate, p_currency,
+                             p_submitted_at)
+             AS v(id, status, ref, code, descr, rate, currency, submitted_at)
+    ), stored AS (
+        UPDATE idempotency_keys k SET response_status = r.status, response_body = r.body
+        FROM unnest(p_key_api_key_name, p_key, p_key_status, p_key_body)
+             AS r(api_key_name, key, status, body)
+        WHERE k.api_key_name = r.api_key_name AND k.key = r.key
+    ), recorded AS (
+        UPDATE messages m SET status = v.status, ref = v.ref, submit_code = v.code,
+            submit_desc = v.descr, rate = v.rate, currency = v.currency,
+            submitted_at = v.submitted_at, updated_at = p_now
+        FROM v WHERE m.id = v.id AND m.status = 'unknown' AND m.ref IS NULL
+        RETURNING m.id, m.ref, {waiting_dns_exist("m.ref")} AS waiting
+    )
+    SELECT array_agg(id), array_agg(ref) INTO waiting_ids, waiting_refs
+    FROM recorded WHERE waiting;
+    IF waiting_ids IS NOT NULL THEN
+        WITH attached_dns AS ({attach_sql("waiting_ids", "waiting_refs")})
+        SELECT array_agg(DISTINCT message_id) INTO attached FROM attached_dns;
+        IF attached IS NOT NULL THEN
+{refresh_sql("attached")};
+        END IF;
+    END IF;
+END
 """  # noqa: S608 - fixed text only
+RECORD_FUNCTION_ARGS = (
+    "p_lock_keys bigint[], p_id bigint[], p_status text[], p_ref text[], p_code integer[], "
+    "p_descr text[], p_rate text[], p_currency text[], "
+    "p_submitted_at timestamp with time zone[], p_now timestamp with time zone, "
+    "p_key_api_key_name text[], p_key text[], p_key_status integer[], p_key_body text[]"
+)
+_RECORD_ANSWERS = (
+    "SELECT record_send_answers($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
 
 
 async def insert_rows(apg: Any, sends: list[NewSend], now: datetime) -> list[bool]:
@@ -195,21 +233,8 @@ def answer_refs(answers: list[Answer]) -> list[str]:
     return [e.ref for a in answers for e in a.entries if e.ref]
 
 
-# Planned for each batch's own size: after five executions Postgres may cache a generic plan,
-# which guesses ten rows per array and scans every `unknown` row once per entry (a 1,000-
-# recipient answer: 0.1 s planned for its size, 0.85-1.8 s generic). A custom plan costs ~1 ms
-# of planning per batch.
-_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
-
-
-def begin_for(answers: list[Answer]) -> str:
-    """The start of the transaction `record_answers` runs in, as one simple query: BEGIN, the
-    ref locks, custom plans."""
-    refs = answer_refs(answers)
-    return f"{begin_and_lock_sql(refs) if refs else 'BEGIN'}; {_CUSTOM_PLANS}"
-
-
 async def record_answers(apg: Any, answers: list[Answer], now: datetime) -> None:
-    """Record the answers, inside the transaction `begin_for` opened."""
-    recorded = await apg.fetch(_RECORD_ANSWERS, *answer_args(answers, now))
-    await attach_waiting_dns(apg, {row[0]: row[1] for row in recorded if row[2]})
+    """Record the answers (`RECORD_FUNCTION`) in one round trip: committed when this returns,
+    unless the caller sent BEGIN."""
+    keys = [lock_key(ref) for ref in answer_refs(answers)]
+    await apg.execute(_RECORD_ANSWERS, keys, *answer_args(answers, now))

@@ -5,8 +5,9 @@
   carried its rows has committed (CONTRACT §4.1). Two claims of one Idempotency-Key never
   share a batch: the second waits for the first's COMMIT, then finds its claim, exactly as it
   would find another replica's.
-- The answers after it: every answer waiting at that moment in one transaction (BEGIN with
-  all their refs' locks, one statement, the DNs that beat them attached, COMMIT).
+- The answers after it: every answer waiting at that moment in one transaction, in one round
+  trip (`repository.record_answers`: all their refs' locks, one statement, the DNs that beat
+  them attached, COMMIT).
 
 No connection is held between the two: a send holds one only while its batch is written,
 never while the provider answers.
@@ -18,7 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import pooled_asyncpg, raw_transaction, utcnow
+from app.db import pooled_asyncpg, utcnow
 from app.messages import repository
 from app.messages.group_commit import GroupCommit
 from app.messages.idempotency import Claimed, ClaimResult, classify
@@ -79,10 +80,9 @@ class SendWriter:
                     )
 
     async def _record_batch(self, answers: list[Answer]) -> None:
-        # Three round trips: BEGIN with the locks, the statement, COMMIT (a fourth, rarely,
-        # for DNs that beat the answer).
+        # One round trip: the database function records and commits.
         now = utcnow()
-        async with raw_transaction(self._engine, repository.begin_for(answers)) as apg:
+        async with pooled_asyncpg(self._engine) as apg:
             await repository.record_answers(apg, answers, now)
 
 

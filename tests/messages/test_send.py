@@ -466,19 +466,20 @@ async def test_database_unreachable_is_a_503_before_any_upstream_call(
     assert simulator.mt_requests == 0 and simulator.token_requests == 0
 
 
-def _attach_failing(times: int | None, exc: Exception) -> tuple[Any, list[int]]:
-    """`repository.attach_waiting_dns` failing `times` times (None: always), then the real
-    one. The one fault a real database will not produce on cue: it fails mid-fill-in."""
-    real_attach = repository.attach_waiting_dns
+def _record_failing(times: int | None, exc: Exception) -> tuple[Any, list[int]]:
+    """`repository.record_answers` failing `times` times (None: always), then the real one.
+    The one fault a real database will not produce on cue: the connection lost while the
+    answers are recorded."""
+    real_record = repository.record_answers
     calls = [0]
 
-    async def attach(*args: Any) -> None:
+    async def record(*args: Any) -> None:
         calls[0] += 1
         if times is None or calls[0] <= times:
             raise exc
-        await real_attach(*args)
+        await real_record(*args)
 
-    return attach, calls
+    return record, calls
 
 
 _CUT = OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
@@ -489,8 +490,8 @@ async def test_an_answer_the_database_missed_is_recorded_once_it_is_back(
 ) -> None:
     """Down for longer than the send waits: the caller gets the provider's answer at once,
     the refs are logged, and the rows get them in the background when the database is back."""
-    attach, calls = _attach_failing(5, _CUT)  # 3 tries in the send, 2 in the background
-    monkeypatch.setattr(repository, "attach_waiting_dns", attach)
+    record, calls = _record_failing(5, _CUT)  # 3 tries in the send, 2 in the background
+    monkeypatch.setattr(repository, "record_answers", record)
     late = relay.state.send_service.recorder
     late.retry_delays_s = (0.0, 0.0)
     late.late_delays_s, late.late_every_s = (0.0, 0.0), 0.0
@@ -518,8 +519,8 @@ async def test_an_answer_the_database_missed_is_recorded_once_it_is_back(
 async def test_a_failure_other_than_an_outage_is_logged_for_reconciliation_not_retried(
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    attach, calls = _attach_failing(None, ValueError("a bug"))
-    monkeypatch.setattr(repository, "attach_waiting_dns", attach)
+    record, calls = _record_failing(None, ValueError("a bug"))
+    monkeypatch.setattr(repository, "record_answers", record)
     lines = LogCapture()
     logging.getLogger().addHandler(lines)
     try:
@@ -538,8 +539,8 @@ async def test_a_failure_other_than_an_outage_is_logged_for_reconciliation_not_r
 async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
     db_url: str, simulator: Simulator, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    attach, calls = _attach_failing(None, _CUT)
-    monkeypatch.setattr(repository, "attach_waiting_dns", attach)
+    record, calls = _record_failing(None, _CUT)
+    monkeypatch.setattr(repository, "record_answers", record)
     lines = LogCapture()
     async with run_relay(relay_settings(db_url, simulator.base_url)) as relay:
         recorder = relay.state.send_service.recorder
@@ -562,17 +563,17 @@ async def test_an_answer_still_unrecorded_at_shutdown_is_logged_with_its_refs(
 async def test_a_brief_database_outage_while_recording_the_answer_is_retried(
     relay: Relay, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_attach = repository.attach_waiting_dns
+    real_record = repository.record_answers
     calls = 0
 
-    async def attach_failing_once(*args: Any) -> None:
+    async def record_failing_once(*args: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:  # the connection dies mid fill-in, once
             raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
-        await real_attach(*args)
+        await real_record(*args)
 
-    monkeypatch.setattr(repository, "attach_waiting_dns", attach_failing_once)
+    monkeypatch.setattr(repository, "record_answers", record_failing_once)
     r = await relay.client.post(SEND, json={"to": "60123240066", "text": "x"})
     assert r.status_code == 201
     [row] = await rows(engine)
