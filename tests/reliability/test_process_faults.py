@@ -299,9 +299,13 @@ async def test_token_endpoint_down_after_expiry_is_a_502_with_nothing_sent(
 
 
 async def test_token_expired_mid_flight_is_refreshed_once_and_no_mt_is_sent_twice(
-    pg_url: str, simulator: Simulator
+    pg_url: str, simulator: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sends, per_send = 40, 13  # 13 numbers take 2 upstream requests (150-character `to`)
+    # A provider 25 ms away: the 80 upstream requests through 8 slots take 250 ms, so that many
+    # are still queued when the first send is answered (at once, a loaded machine sent them all
+    # before that).
+    monkeypatch.setattr(simulator.config, "latency_ms", 25)
     numbers = [[f"6012{s:03d}{r:04d}" for r in range(per_send)] for s in range(sends)]
     # Fewer upstream slots than requests, so that some are still queued when tokens expire.
     async with upstream_relay(pg_url, simulator.base_url, bulk360_max_concurrency=8) as relay:
