@@ -121,9 +121,7 @@ async def _start(settings: Settings) -> tuple[State, Callable[[], Awaitable[None
     callbacks = None
     if settings.callback_secrets:
         # DN bursts first (see the dispatcher's docstring).
-        callbacks = CallbackDispatcher(
-            settings, url, ingest_busy=lambda: dn_writer.in_flight + dn_writer.queue_depth >= 50
-        )
+        callbacks = CallbackDispatcher(settings, url, ingest_busy=lambda: dn_writer.busy)
         await callbacks.start()
     if settings.sandbox:
         log.warning(

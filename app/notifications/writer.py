@@ -82,6 +82,12 @@ class DNStoreError(Exception):
 
 _Item = tuple[InboundDN, "asyncio.Future[None]"]
 
+# A batch this big means DNs are pouring in: `busy` says so for BUSY_S after it (the status
+# callbacks' dispatcher holds back meanwhile). At 2,000 DN/s batches hold ~16 DNs here; near
+# the writer's capacity, 50-130.
+BUSY_BATCH = 32
+BUSY_S = 1.0
+
 # Batches in flight at once: while one commits, the next locks and inserts, so
 # neither the event loop nor the database sits idle waiting for the other. Batches in flight
 # share no lock key (`_take_batch`).
@@ -103,6 +109,7 @@ class DNWriter:
         self._down_until = 0.0
         self.breaker_open_s = BREAKER_OPEN_S
         self._in_flight = 0
+        self._busy_until = 0.0
         self._slots = asyncio.Semaphore(PIPELINE)
         # The lock keys of each batch in flight (its msgids', its cuts'): `_take_batch`.
         self._batches: dict[asyncio.Task[None], tuple[set[int], set[int]]] = {}
@@ -115,6 +122,15 @@ class DNWriter:
     def in_flight(self) -> int:
         """DNs in the transaction being written now."""
         return self._in_flight
+
+    @property
+    def busy(self) -> bool:
+        """Whether DNs are pouring in: a batch of `BUSY_BATCH` DNs or more was taken within the
+        last `BUSY_S`, or as many wait now."""
+        return (
+            self._in_flight + len(self._pending) >= BUSY_BATCH
+            or asyncio.get_running_loop().time() < self._busy_until
+        )
 
     async def start(self) -> None:
         if self._task is None:
@@ -201,6 +217,8 @@ class DNWriter:
                         await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 self._in_flight += len(batch)
+                if len(batch) >= BUSY_BATCH:
+                    self._busy_until = asyncio.get_running_loop().time() + BUSY_S
                 task = asyncio.create_task(self._write(batch, keys))
                 self._batches[task] = ({k[0] for k in keys}, {c for k in keys for c in k[1:]})
                 task.add_done_callback(self._batch_done)

@@ -14,6 +14,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.bulk360.simulator import Simulator
+from app.callbacks.dispatcher import YIELD_CLAIM_MAX, YIELD_S
+from app.notifications.writer import DNWriter
 from tests.callbacks.conftest import (
     FAST_RETRIES,
     OTHER_SECRET,
@@ -233,3 +235,25 @@ async def test_attempts_outcomes_and_latency_are_in_the_metrics(
         after = (await relay.client.get("/metrics")).text
     assert [_metric(after, n) - _metric(before, n) for n in names] == [1, 1, 1, 1]
     assert "relay_callback_pending" in after and "relay_callback_oldest_pending_seconds" in after
+
+
+async def test_while_dns_pour_in_claims_are_small_and_spaced_yet_every_event_goes_out(
+    db: asyncpg.Connection,
+    relay_with_callbacks: Any,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DN bursts come first: while the DN writer is busy, one claim per YIELD_S of at most
+    YIELD_CLAIM_MAX events; the events wait in the table, none is lost or starved."""
+    monkeypatch.setattr(DNWriter, "busy", property(lambda self: True))
+    async with relay_with_callbacks():
+        for i in range(2 * YIELD_CLAIM_MAX + 8):  # three claims' worth
+            await _event_for_new_message(db, receiver.url, f"REF-BUSY-{i}")
+        await receiver.wait_for(2 * YIELD_CLAIM_MAX + 8)
+
+    arrivals = sorted(r.at for r in receiver.received)
+    # The next claim comes YIELD_S after the first: its events arrive that much later (less
+    # the first event's own way to the receiver).
+    assert arrivals[YIELD_CLAIM_MAX] - arrivals[0] >= YIELD_S - 0.1
+    assert arrivals[2 * YIELD_CLAIM_MAX] - arrivals[0] >= 2 * YIELD_S - 0.1
+    assert len({r.event["data"]["ref"] for r in receiver.received}) == 2 * YIELD_CLAIM_MAX + 8
