@@ -6,6 +6,8 @@
   at insert time and is the receipt order (`seq` in the API) - never a clock.
 - `idempotency_keys`: one row per (API key name, Idempotency-Key), holding the stored response.
 - `provider_balances`: the latest balance Bulk360 reported, per currency (app/bulk360/balance.py).
+- `console_sign_in_failures`: the console's failed sign-ins per client address, and when it may
+  try again (app/console/throttle.py).
 - `callback_events`: the status-callback outbox. Triggers on `messages` (migration
   `callback_events`) bump `messages.version` on every change of status, delivery_status or
   error_code (and when the send's answer is first recorded) and, for a message with a
@@ -144,6 +146,17 @@ class ProviderBalance(Base):
     # Numeric with no scale keeps the provider's digits ("187.9236" stays "187.9236").
     amount: Mapped[Decimal] = mapped_column(Numeric)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ConsoleSignInFailure(Base):
+    """Failed console sign-ins in a row from one client address (app/console/throttle.py)."""
+
+    __tablename__ = "console_sign_in_failures"
+
+    address: Mapped[str] = mapped_column(Text, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)  # 0: a first try is being checked
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 def _stats_columns() -> list[Column[object]]:

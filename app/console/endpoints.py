@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -16,7 +17,7 @@ import structlog
 from fastapi import FastAPI, Form, Path, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from app.console import repository
+from app.console import repository, throttle
 
 # Also registers the callback pages on the router.
 from app.console.callback_pages import destination, events_of
@@ -83,6 +84,7 @@ async def sign_in_page(request: Request, console: ConsoleDep, next: str = "") ->
 async def sign_in(
     request: Request,
     console: ConsoleDep,
+    state: StateDep,
     api_key: Text = "",
     csrf_token: Text = "",
     next: Text = "",
@@ -109,19 +111,21 @@ async def sign_in(
 
     if not sessions.csrf_ok(visitor, csrf_token):
         return form_again(403, "The form had expired. Please sign in again.")
-    wait = console.throttle.wait_s(address)
-    if wait > 0:
+    engine = state.engine
+    wait = await throttle.try_now(engine, address)
+    if wait is not None:  # refused without looking at the key
+        retry = max(1, math.ceil(wait))
         return form_again(
             429,
-            f"Too many failed sign-ins from your address: try again in {wait:.0f} s.",
-            {"Retry-After": str(max(1, round(wait)))},
+            f"Too many failed sign-ins from your address: try again in {retry} s.",
+            {"Retry-After": str(retry)},
         )
     session = sessions.sign_in(api_key.strip())
     if session is None:
-        delay = console.throttle.failed(address)
+        delay = await throttle.failed(engine, address)
         log.warning("console sign-in refused", client=address, wait_s=delay)
         return form_again(401, "That API key is not valid.")
-    console.throttle.succeeded(address)
+    await throttle.succeeded(engine, address)
     log.info("console sign-in", api_key_name=session.key_name)
     response = RedirectResponse(safe_next(next), status_code=303)
     sessions.store(response, request, session)  # a new nonce: no session fixation

@@ -1,4 +1,4 @@
-"""Console sign-in state: a signed cookie session, CSRF tokens, and the sign-in throttle.
+"""Console sign-in state: a signed cookie session and CSRF tokens.
 
 - The session is a cookie signed with `Settings.console_signing_key` (itsdangerous: HMAC-SHA1
   over a timestamped payload), HttpOnly, SameSite=Lax, Path=/console, at most 12 hours old
@@ -11,16 +11,13 @@
   form carries a CSRF token too; signing in issues a new nonce (no session fixation).
 - CSRF token = HMAC(signing key, nonce): a form posted from another site has neither the
   cookie (SameSite) nor the token; a failed check is a 403 and changes nothing.
-- Failed sign-ins are slowed per client address (`SignInThrottle`).
+- Failed sign-ins are slowed per client address, in the database (`throttle.py`).
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -112,53 +109,3 @@ class Sessions:
             and hmac.compare_digest(self._fingerprint(digest), session.fingerprint or "")
             for digest, name in self._settings.api_key_hashes.items()
         )
-
-
-class SignInThrottle:
-    """Failed sign-ins per client address, in this process's memory.
-
-    After the n-th failure in a row an address may try again only `min(2**(n-1), 60)` seconds
-    later; an attempt before then is refused without looking at the key, so parallel requests
-    gain nothing. So a typo costs a second, and guessing is held to about one try a minute.
-    An address is forgotten after a success or 15 minutes without failures; at most
-    `max_addresses` are remembered (the oldest dropped first), so memory stays bounded.
-    With N replicas an address gets N times the tries: still a minute per N guesses.
-    """
-
-    FIRST_DELAY_S = 1.0
-    MAX_DELAY_S = 60.0
-    FORGET_AFTER_S = 900.0
-
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, max_addresses: int = 10_000
-    ) -> None:
-        self.clock = clock  # replaceable in tests
-        self._max = max_addresses
-        # address -> (failures in a row, time of the last failure)
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
-
-    def wait_s(self, address: str) -> float:
-        """Seconds before this address may try again (0: now)."""
-        entry = self._failures.get(address)
-        if entry is None:
-            return 0.0
-        count, last = entry
-        now = self.clock()
-        if now - last > self.FORGET_AFTER_S:
-            del self._failures[address]
-            return 0.0
-        return max(0.0, last + self._delay(count) - now)
-
-    def failed(self, address: str) -> float:
-        """Record a failure; the seconds the address must now wait."""
-        count = self._failures.pop(address, (0, 0.0))[0] + 1
-        self._failures[address] = (count, self.clock())
-        while len(self._failures) > self._max:
-            self._failures.popitem(last=False)
-        return self._delay(count)
-
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
-
-    def _delay(self, count: int) -> float:
-        return min(self.FIRST_DELAY_S * 2.0 ** min(count - 1, 16), self.MAX_DELAY_S)

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from app.console.session import ConsoleSession, Sessions, SignInThrottle
+from app.console.session import ConsoleSession, Sessions
 from app.console.views import region_zone, when
 from app.deps import StateDep
 from app.errors import AppError, is_database_unavailable
@@ -48,12 +48,12 @@ SECURITY_HEADERS = {
 
 
 class Console:
-    """Per process: the session cookies' signer, the sign-in throttle, the operator's zone."""
+    """Per process: the session cookies' signer and the operator's zone (the sign-in throttle
+    is in the database: throttle.py)."""
 
     def __init__(self, state: Any) -> None:
         settings = state.settings
         self.sessions = Sessions(settings)
-        self.throttle = SignInThrottle()
         self.region: str = settings.default_region
         self.zone = region_zone(settings.default_region)
         self.sandbox: bool = settings.sandbox

@@ -1,5 +1,5 @@
 """Console sign-in without a browser: cookie flags and lifetime, CSRF refusals, security
-headers, the sign-in throttle, the signing key's configuration."""
+headers, the signing key's configuration (the sign-in throttle: test_throttle.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app.config import ConfigError, hash_api_key, load_settings
-from app.console.session import COOKIE, SESSION_MAX_AGE_S, SignInThrottle
+from app.console.session import COOKIE, SESSION_MAX_AGE_S
 from app.console.web import SECURITY_HEADERS, Console, safe_next
 from tests.conftest import OTHER_API_KEY, TEST_API_KEY, Relay
 from tests.console.helpers import csrf_token, sign_in
@@ -75,21 +75,6 @@ async def test_forged_or_expired_cookie_is_no_session(relay: Relay) -> None:
     for cookie in (old, forged, value[:-2] + "xx"):
         relay.client.cookies.set(COOKIE, cookie, path="/console")
         assert (await relay.client.get("/console")).status_code == 303
-
-
-async def test_wrong_key_is_refused_then_the_address_waits(relay: Relay) -> None:
-    refused = await sign_in(relay.client, "wrong-key")
-    assert refused.status_code == 401
-    assert "That API key is not valid." in refused.text
-    throttle = console_of(relay).throttle
-    now = time.monotonic()
-    throttle.clock = lambda: now
-    # Even the right key is not looked at before the wait is over.
-    early = await sign_in(relay.client)
-    assert early.status_code == 429
-    assert int(early.headers["retry-after"]) >= 1
-    throttle.clock = lambda: now + 1.01
-    assert (await sign_in(relay.client)).status_code == 303
 
 
 async def test_api_key_is_never_read_from_the_url(relay: Relay) -> None:
@@ -170,20 +155,6 @@ async def test_static_css_is_cached(relay: Relay) -> None:
     css = await relay.client.get(href)
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert "immutable" in css.headers["cache-control"]
-
-
-def test_throttle_delay_grows_is_bounded_and_forgets() -> None:
-    now = 1000.0
-    throttle = SignInThrottle(clock=lambda: now, max_addresses=3)
-    delays = [throttle.failed("10.0.0.1") for _ in range(10)]
-    assert delays[:4] == [1, 2, 4, 8] and max(delays) == SignInThrottle.MAX_DELAY_S
-    assert throttle.wait_s("10.0.0.1") == SignInThrottle.MAX_DELAY_S
-    assert throttle.wait_s("10.0.0.2") == 0
-    now += SignInThrottle.FORGET_AFTER_S + 1
-    assert throttle.wait_s("10.0.0.1") == 0
-    for address in ("a", "b", "c", "d"):
-        throttle.failed(address)
-    assert throttle.wait_s("a") == 0 and throttle.wait_s("d") > 0  # the oldest dropped
 
 
 def _settings(**values: Any) -> Any:
