@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.console import throttle
 from app.outcomes import repository as repo
 from app.outcomes.repository import PruneCounts
 
@@ -78,6 +79,16 @@ async def purge_expired_keys(
 
     await _in_batches(engine, KEYS_LOCK, keys, wait)
     return counts
+
+
+async def purge_sign_in_failures(engine: AsyncEngine) -> int:
+    """Console sign-in failures forgotten (no failure for 15 minutes): their rows go."""
+    total = 0
+    while True:
+        n = await throttle.purge_batch(engine)
+        total += n
+        if n < throttle.PURGE_ROWS_MAX:
+            return total
 
 
 async def _in_batches(

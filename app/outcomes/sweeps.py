@@ -8,7 +8,9 @@ One pass, in this order, each piece in its own short transactions:
    later still decides: the DN writer moves a message to its last DN whatever its status;
 2. the statistics rollup (stats.compact), under an advisory lock: one replica at a time;
 3. retention (`RETENTION_DAYS`, when set) and expired Idempotency-Keys (retention.py):
-   ≤ 2,000 rows per transaction (the contract allows 10,000), an advisory lock per kind.
+   ≤ 2,000 rows per transaction (the contract allows 10,000), an advisory lock per kind;
+4. the console's sign-in failures forgotten 15 minutes after the last one
+   (app/console/throttle.py), ≤ 2,000 rows per transaction, claimed with SKIP LOCKED.
 
 A pass that fails (the database is down) is logged and the next one tries again; nothing is
 lost by skipping a pass. The first pass comes after a random part of the interval, so replicas
@@ -46,6 +48,7 @@ class SweepReport:
     expired: int = 0
     stats_deltas: int = 0  # delta rows folded into the statistics rollup
     pruned: PruneCounts = field(default_factory=PruneCounts)
+    sign_in_failures: int = 0  # console addresses forgotten
 
 
 class Sweeper:
@@ -96,7 +99,11 @@ class Sweeper:
                 report.pruned = await self._timed_prune(
                     "idempotency_keys", retention.purge_expired_keys(self._engine, now)
                 )
-            if report.expired or report.pruned.total:
+            report.sign_in_failures = await self._timed(
+                "sign_in_failures", lambda: retention.purge_sign_in_failures(self._engine)
+            )
+            SWEEP_ROWS.labels("purged_sign_in_failures").inc(report.sign_in_failures)
+            if report.expired or report.pruned.total or report.sign_in_failures:
                 log.info(
                     "sweep",
                     expired=report.expired,
@@ -105,6 +112,7 @@ class Sweeper:
                     callback_events_pruned=report.pruned.callback_events,
                     unmatched_dns_pruned=report.pruned.unmatched_delivery_notifications,
                     idempotency_keys_purged=report.pruned.idempotency_keys,
+                    sign_in_failures_purged=report.sign_in_failures,
                 )
             return report
 

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.console import throttle
+from app.outcomes import retention
 from tests.conftest import TEST_API_KEY, Relay
 from tests.console.helpers import csrf_token, sign_in
 
@@ -127,3 +128,20 @@ async def test_parallel_wrong_sign_ins_check_one_key(relay: Relay, engine: Async
     await pass_time(engine, 1)
     form = {"api_key": TEST_API_KEY, "csrf_token": token}
     assert (await relay.client.post("/console/sign-in", data=form)).status_code == 303
+
+
+async def test_the_sweep_purges_forgotten_addresses(relay: Relay, engine: AsyncEngine) -> None:
+    for address in ("old-1", "old-2", "recent"):
+        assert await throttle.try_now(engine, address) is None
+        await throttle.failed(engine, address)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE console_sign_in_failures SET last_failure_at = now() - interval "
+                "'15 minutes 1 second' WHERE address LIKE 'old-%'"
+            )
+        )
+    report = await relay.state.sweeper.run_once()
+    assert report.sign_in_failures == 2
+    assert await rows(engine) == {"recent": 1}
+    assert await retention.purge_sign_in_failures(engine) == 0
