@@ -83,8 +83,8 @@ SELECT c.id, c.message_id, c.version, c.url, c.ref, c.status, c.submit_code,
        c.delivery_status, c.error_code, c.error_description, c.dn_count, c.submitted_at,
        c.final_at, c.recorded_at, c.attempts, c.claimed_until,
        m.send_id, m.msisdn, m.channel, m.client_ref, m.api_key_name,
-       (SELECT count(*) FROM superseded) AS superseded
-FROM (SELECT 1) AS one  -- one row even when nothing is claimed: the superseded count
+       (SELECT count(*) FROM superseded) AS superseded, (SELECT count(*) FROM due) AS due
+FROM (SELECT 1) AS one  -- one row even when nothing is claimed: the counts
 LEFT JOIN (claimed c JOIN messages m ON m.id = c.message_id) ON true
 """
 

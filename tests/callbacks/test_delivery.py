@@ -14,6 +14,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.bulk360.simulator import Simulator
+from app.callbacks import dispatcher as dispatcher_module
 from app.callbacks.dispatcher import YIELD_CLAIM_MAX, YIELD_S
 from app.notifications.writer import DNWriter
 from tests.callbacks.conftest import (
@@ -257,3 +258,32 @@ async def test_while_dns_pour_in_claims_are_small_and_spaced_yet_every_event_goe
     assert arrivals[YIELD_CLAIM_MAX] - arrivals[0] >= YIELD_S - 0.1
     assert arrivals[2 * YIELD_CLAIM_MAX] - arrivals[0] >= 2 * YIELD_S - 0.1
     assert len({r.event["data"]["ref"] for r in receiver.received}) == 2 * YIELD_CLAIM_MAX + 8
+
+
+async def test_a_backlog_of_superseded_versions_drains_without_waiting_for_the_poll(
+    db: asyncpg.Connection,
+    relay_with_callbacks: Any,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a DN burst most due events are older versions of a message: a claim supersedes
+    them rather than claiming them. It claims again at once while its due set comes back
+    full and it got somewhere, instead of waiting for a NOTIFY or the poll (set to a minute
+    here: no NOTIFY comes for events committed before the relay listened)."""
+    monkeypatch.setattr(dispatcher_module, "POLL_S", 60.0)
+    finals: dict[str, str] = {}
+    for i in range(12):
+        message_id = await insert_message(db, receiver.url)
+        await record_answer(db, message_id, f"REF-BACKLOG-{i}")
+        for status in ("delivered", "undelivered", "delivered"):  # three newer versions
+            await db.execute("UPDATE messages SET status = $2 WHERE id = $1", message_id, status)
+        finals[f"REF-BACKLOG-{i}"] = "delivered"
+    assert len(await events(db)) == 12 * 4
+
+    # 8 slots: claims of 2 events, each due set the 2 oldest (stale) versions at first.
+    async with relay_with_callbacks(callback_concurrency=8):
+        await receiver.wait_for(12)
+
+    got = {r.event["data"]["ref"]: r.event["data"]["status"] for r in receiver.received}
+    assert got == finals  # the newest version of each message, once
+    assert len(receiver.received) == 12
