@@ -24,14 +24,14 @@ writers never deadlock, before they read or write: the send path on each ref it 
 DN writer on every candidate ref of each msgid (so a DN `X-0` and a send recording `X`
 serialise; shared on the cuts, see `dn_batch_locks`). Whichever commits second sees the other's
 rows: the DN writer matches the ref, or the send path attaches the waiting DN
-(`attach_waiting_dns`).
+(`attach_sql`, run by the database function `record_send_answers`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Final
 
 from app.bulk360.codes import DN_STATUSES, NON_FINAL_DN_CODES, ErrorCategory, message_error_category
 from app.vocabulary import MessageStatus
@@ -145,18 +145,6 @@ def attach_sql(ids: str, refs: str) -> str:
     return _ATTACH_SQL.format(ids=ids, refs=refs)
 
 
-_REFRESH = refresh_sql("$1::bigint[]")
-_ATTACH = attach_sql("$1::bigint[]", "$2::text[]")
-
-# Advisory lock keys: a 64-bit hash of the ref, computed here rather than in SQL so that a
-# writer can take its locks in the same round trip as its BEGIN. Every writer takes its locks
-# in key order, so two writers never deadlock.
-_LOCK_SQL = (
-    "BEGIN; SELECT pg_advisory_xact_lock(k)"
-    " FROM (SELECT DISTINCT unnest('{{{keys}}}'::bigint[]) AS k ORDER BY 1) AS s"
-)
-
-
 def category_of_dn(status: str, error_code: str | None) -> ErrorCategory:
     """A DN's error category: its message's, were this DN its last (a non-final DN leaves the
     message as it was, `pending` in the common case)."""
@@ -220,33 +208,9 @@ def lock_key(ref: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def begin_and_lock_sql(refs: Iterable[str]) -> str:
-    """BEGIN and the refs' locks (the send path's, exclusive) as one simple query: one round
-    trip instead of two. Only integers are inlined (the keys), never a ref."""
-    return _LOCK_SQL.format(keys=",".join(str(k) for k in sorted({lock_key(r) for r in refs})))
-
-
 def waiting_dns_exist(ref_sql: str) -> str:
     """An SQL condition, true when a DN stored before the ref `ref_sql` (an SQL expression)
-    was recorded may be waiting for it: then call `attach_waiting_dns`. Never false when one
+    was recorded may be waiting for it: then attach it (`attach_sql`). Never false when one
     is; rarely true when none is."""
     waiting = _WAITING.format(ref=ref_sql)
     return f"EXISTS (SELECT 1 FROM delivery_notifications d WHERE {waiting})"  # noqa: S608
-
-
-async def attach_waiting_dns(apg: Any, refs_by_message: Mapping[int, str]) -> None:
-    """Attach DNs stored before their message's ref was recorded, then move those messages to
-    their last DN. `apg` is an asyncpg connection inside the transaction that records the
-    refs, after their locks (`begin_and_lock_sql`)."""
-    if not refs_by_message:
-        return
-    attached = await apg.fetch(_ATTACH, list(refs_by_message), list(refs_by_message.values()))
-    if attached:
-        await refresh_messages(apg, sorted({row[0] for row in attached}))
-
-
-async def refresh_messages(apg: Any, message_ids: Sequence[int]) -> None:
-    """Recompute these messages' delivery fields and DN count from their DNs (asyncpg, inside
-    a transaction holding their refs' locks)."""
-    if message_ids:
-        await apg.execute(_REFRESH, list(message_ids))

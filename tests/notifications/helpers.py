@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -10,7 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.delivery import attach_waiting_dns, begin_and_lock_sql
+from app.delivery import attach_sql, lock_key, refresh_sql
 from app.models import DeliveryNotification, Message
 
 
@@ -75,3 +76,35 @@ async def record_refs(url: str, refs_by_message: dict[int, str]) -> None:
         await apg.execute("COMMIT")
     finally:
         await apg.close()
+
+
+# What the database function `record_send_answers` does, step by step on a connection a test
+# controls (so that it can hold the transaction open): the refs' locks, then waiting DNs
+# attached and their messages refreshed, from the same SQL builders (app.delivery).
+_LOCK_SQL = (
+    "BEGIN; SELECT pg_advisory_xact_lock(k)"
+    " FROM (SELECT DISTINCT unnest('{{{keys}}}'::bigint[]) AS k ORDER BY 1) AS s"
+)
+_ATTACH = attach_sql("$1::bigint[]", "$2::text[]")
+_REFRESH = refresh_sql("$1::bigint[]")
+
+
+def begin_and_lock_sql(refs: Iterable[str]) -> str:
+    """BEGIN and the refs' locks (exclusive, in key order) as one simple query."""
+    return _LOCK_SQL.format(keys=",".join(str(k) for k in sorted({lock_key(r) for r in refs})))
+
+
+async def attach_waiting_dns(apg: Any, refs_by_message: Mapping[int, str]) -> None:
+    """Attach DNs stored before their message's ref was recorded, then move those messages to
+    their last DN (inside the transaction that holds the refs' locks)."""
+    if not refs_by_message:
+        return
+    attached = await apg.fetch(_ATTACH, list(refs_by_message), list(refs_by_message.values()))
+    if attached:
+        await refresh_messages(apg, sorted({row[0] for row in attached}))
+
+
+async def refresh_messages(apg: Any, message_ids: Sequence[int]) -> None:
+    """Recompute these messages' delivery fields and DN count from their DNs."""
+    if message_ids:
+        await apg.execute(_REFRESH, list(message_ids))

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bulk360.client import Destination
-from app.delivery import lock_key, refresh_messages
+from app.delivery import lock_key
 from app.deps import State
 from app.main import create_app
 from app.messages.outcome import Entry
@@ -26,7 +26,14 @@ from app.messages.repository import Answer
 from app.notifications.repository import begin_and_store
 from app.notifications.writer import PIPELINE, DNStoreError, InboundDN
 from tests.conftest import DN_TOKEN, Relay, relay_settings
-from tests.notifications.helpers import add_message, begin_recording_refs, dns, message, pg_dsn
+from tests.notifications.helpers import (
+    add_message,
+    begin_recording_refs,
+    dns,
+    message,
+    pg_dsn,
+    refresh_messages,
+)
 from tests.reliability.pgproxy import PgProxy
 from tests.servers import free_port
 
