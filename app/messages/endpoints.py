@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 
 from app.deps import ApiKeyDep, StateDep
 from app.errors import error_responses
 from app.messages.lookup import router as lookup_router
 from app.messages.schemas import SendErrorResponse, SendRequest, SendResponse
+from app.ops.middleware import LOG_FIELDS
 
 router = APIRouter(tags=["messages"])
 
@@ -60,6 +61,7 @@ the recorded `messages`; entries left `unknown` may have been sent: look them up
 )
 async def send_messages(
     body: SendRequest,
+    request: Request,
     state: StateDep,
     api_key_name: ApiKeyDep,
     idempotency_key: Annotated[
@@ -79,6 +81,7 @@ async def send_messages(
     answer = await state.send_service.send(
         body, api_key_name=api_key_name, idempotency_key=idempotency_key
     )
+    request.scope[LOG_FIELDS] = answer.log_fields
     return Response(
         answer.body,
         status_code=answer.status,

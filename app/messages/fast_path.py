@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.deps import State, caller_name
 from app.errors import AppError, error_response, http_error_response, unexpected_error_response
 from app.messages.schemas import SendRequest
+from app.ops.middleware import LOG_FIELDS
 
 PATH = "/v1/messages"
 _IDEMPOTENCY_KEY = re.compile(rb"[\x20-\x7e]{1,255}")  # as the route's Header declares
@@ -70,6 +71,7 @@ class SendFastPath:
         except Exception as exc:
             await unexpected_error_response(exc)(scope, receive, send)
             return
+        scope[LOG_FIELDS] = answer.log_fields
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(answer.body)).encode()),

@@ -52,11 +52,13 @@ FAILURES: tuple[tuple[type[Bulk360Error], int, str], ...] = (
 
 @dataclass(slots=True)
 class SendAnswer:
-    """What the endpoint answers: status, JSON body, extra headers."""
+    """What the endpoint answers: status, JSON body, extra headers; and what the request's
+    log line adds about the send (`ops.middleware.LOG_FIELDS`)."""
 
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    log_fields: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

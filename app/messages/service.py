@@ -112,25 +112,24 @@ class SendService:
         if idempotency_key is not None:
             answer.status, answer.body = status, body
         await self.recorder.record(answer)
-        self._count(new.send_id, status, entries, upstream_requests=len(batches))
-        return SendAnswer(status, body)
+        fields = self._count(new.send_id, entries, upstream_requests=len(batches))
+        return SendAnswer(status, body, log_fields=fields)
 
     def _count(
-        self, send_id: str, status: int, entries: list[Entry], *, upstream_requests: int
-    ) -> None:
-        """The send's metrics and its log line."""
+        self, send_id: str, entries: list[Entry], *, upstream_requests: int
+    ) -> dict[str, object]:
+        """The send's metrics; and its fields for the request's log line (CONTRACT §5: one
+        line per request, one per upstream call)."""
         for e in entries:
             self._outcomes[e.outcome].inc()
-        log.info(
-            "send",
-            send_id=send_id,
-            status=status,
-            recipients=len(entries),
-            upstream_requests=upstream_requests,
-            pending=sum(e.status == "pending" for e in entries),
-            rejected=sum(e.status == "rejected" for e in entries),
-            unknown=sum(e.status == "unknown" for e in entries),
-        )
+        return {
+            "send_id": send_id,
+            "recipients": len(entries),
+            "upstream_requests": upstream_requests,
+            "pending": sum(e.status == "pending" for e in entries),
+            "rejected": sum(e.status == "rejected" for e in entries),
+            "unknown": sum(e.status == "unknown" for e in entries),
+        }
 
 
 _OUTCOMES = ("pending", "rejected", "insufficient_credit", "unknown")

@@ -29,6 +29,9 @@ _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_HEADER_BYTES = 16 * 1024  # what uvicorn's h11 parser allows for a whole request head
 MAX_HEADERS = 100
+# A handler may put a dict of fields here, in the scope, for the request's log line (the send
+# path: its send id and outcome counts), rather than write a line of its own.
+LOG_FIELDS = "relay.log_fields"
 
 
 def _read_head(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes, int]:
@@ -119,6 +122,9 @@ class RequestMiddleware:
             "status": status,
             "duration_ms": round(duration * 1000, 2),
         }
+        extra = scope.get(LOG_FIELDS)
+        if extra:
+            fields.update(extra)
         if self.bind_context:
             self._log.info("request", **fields)
             structlog.contextvars.unbind_contextvars("request_id")
