@@ -262,6 +262,9 @@ class Bulk360Client:
         Never raises for an upstream failure: each batch carries its submissions or its error.
         """
         groups = pack_destinations(destinations)
+        if len(groups) == 1:
+            # Awaited in place: a gather would run it as a task, two event loop turns later.
+            return [await self._send_batch(destinations, groups[0], text=text, sender=sender)]
         return list(
             await asyncio.gather(
                 *(self._send_batch(destinations, g, text=text, sender=sender) for g in groups)
