@@ -59,7 +59,7 @@ from app.bulk360.protocol import (
     parse_send_answer,
 )
 from app.config import Settings
-from app.ops.metrics import TOKEN_REFRESHES, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from app.ops.metrics import TOKEN_REFRESHES, UPSTREAM_LATENCY, UPSTREAM_REQUESTS, labelled
 
 log = structlog.get_logger("app.bulk360.client")
 
@@ -329,8 +329,8 @@ class Bulk360Client:
             self._observe("send", result, time.perf_counter() - started, recipients=count)
 
     def _observe(self, endpoint: str, result: str, duration: float, *, recipients: int) -> None:
-        UPSTREAM_REQUESTS.labels(endpoint, result).inc()
-        UPSTREAM_LATENCY.labels(endpoint).observe(duration)
+        labelled(UPSTREAM_REQUESTS, endpoint, result).inc()
+        labelled(UPSTREAM_LATENCY, endpoint).observe(duration)
         # One line per upstream call (the contract's operations promise), success included.
         log.info(
             "bulk360 request",

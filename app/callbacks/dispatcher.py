@@ -73,6 +73,7 @@ from app.ops.metrics import (
     CALLBACK_LATENCY,
     CALLBACK_OLDEST_PENDING,
     CALLBACK_QUEUE_DEPTH,
+    labelled,
 )
 
 log = structlog.get_logger("app.callbacks")
@@ -249,7 +250,7 @@ class CallbackDispatcher:
             rows = await apg.fetch(CLAIM_SQL, limit, self._lease_s, full)
         self._backlog = rows[0]["due"] >= limit
         if rows[0]["superseded"]:
-            CALLBACK_EVENTS.labels("superseded").inc(rows[0]["superseded"])
+            labelled(CALLBACK_EVENTS, "superseded").inc(rows[0]["superseded"])
         claimed = [row for row in rows if row["id"] is not None]
         for row in claimed:
             origin = receiver_origin(row["url"])
@@ -305,8 +306,8 @@ class CallbackDispatcher:
         event: Any, outcome: Outcome, state: str, delay: float | None, attempted_at: datetime
     ) -> None:
         """Metrics and the log line of one attempt (the receiver's host only, never its URL)."""
-        CALLBACK_ATTEMPTS.labels(outcome.label).inc()
-        CALLBACK_EVENTS.labels("retry" if state == "pending" else state).inc()
+        labelled(CALLBACK_ATTEMPTS, outcome.label).inc()
+        labelled(CALLBACK_EVENTS, "retry" if state == "pending" else state).inc()
         host = url_host(event["url"])
         if state == "delivered":
             recorded: datetime = event["recorded_at"]
