@@ -118,7 +118,7 @@ class SendService:
     def _count(
         self, send_id: str, entries: list[Entry], *, upstream_requests: int
     ) -> dict[str, object]:
-        """The send's metrics; and its fields for the request's log line (CONTRACT §5: one
+        """The send's metrics; and its fields for the request's log line (CONTRACT §4.4: one
         line per request, one per upstream call)."""
         for e in entries:
             self._outcomes[e.outcome].inc()
