@@ -118,7 +118,8 @@ _EXISTING_CLAIM = (
 #    (`delivery.attach_sql`, `delivery.refresh_sql`).
 # Planned for each batch's own size (`plan_cache_mode`): a generic plan guesses ten rows per
 # array and scans every `unknown` row once per entry (a 1,000-recipient answer: 0.1 s planned
-# for its size, 0.85-1.8 s generic). A custom plan costs ~1 ms of planning per batch.
+# for its size, 0.85-1.8 s generic). Planning is cheap beside the rest: a one-answer call took
+# 0.63 ms with custom plans against 0.62 ms with plan_cache_mode=auto (50,000 messages).
 RECORD_FUNCTION = f"""
 DECLARE
     waiting_ids bigint[];
