@@ -26,7 +26,10 @@ What it does, in one run:
    with the same wrk: hello-world, and one INSERT + COMMIT per request (asyncpg pool);
 5. prints DN/s, p50/p99, the ratios relay/naive (target >= 2x) and relay/hello (>= 0.5x), the
    relay's CPU per DN and RSS before and after (workers included), and the writer's batches
-   (count, mean size, mean time) and server-side p99 from the relay's own metrics.
+   (count, mean size, mean time) and server-side p99 from the relay's own metrics; and the
+   whole machine's CPU per DN and per baseline request (/proc/stat: the app, PostgreSQL, wrk
+   and anything else running), with the DN/s that many cores could reach at that cost (with
+   `--callbacks`, the callbacks sent in the second after the burst are counted too).
 
 The relay's /metrics is polled once a second to see when every DN is answered (a scrape costs
 it some CPU, counted per DN); DN/s comes from the stored receipt times, not from that loop.
@@ -61,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from callbacks import SECRET as CALLBACK_SECRET  # noqa: E402
 from callbacks import start_receiver  # noqa: E402
+from profiling import machine_cpu  # noqa: E402
 from throwaway_db import create_database, drop_database  # noqa: E402
 
 from tests.reliability import asyncpg_dsn  # noqa: E402
@@ -368,7 +372,7 @@ def run_relay(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        cpu_before = cpu_s(proc.pid)
+        cpu_before, machine_before = cpu_s(proc.pid), machine_cpu()
         result_started = time.time()
         wrk = subprocess.Popen(
             [
@@ -430,6 +434,7 @@ def run_relay(
             profiler.wait(timeout=args.profile + 30)
             result["profile"] = str(tmp / "profile.txt")  # type: ignore[assignment]
         result["cpu_ms_per_dn"] = 1000 * (cpu_s(proc.pid) - cpu_before) / len(plan)
+        result["machine_ms_per_dn"] = 1000 * (machine_cpu() - machine_before) / len(plan)
         result["wrk_started_ts"] = result_started
         result.update(writer_stats(base))
         result["rss_before_mb"] = rss_before
@@ -479,7 +484,7 @@ def run_baseline(
     try:
         wait_http(f"{base}/healthz", proc)
         script = write_lua(tmp, app, BASELINE_LUA, paths)
-        cpu_before = cpu_s(proc.pid)
+        cpu_before, machine_before = cpu_s(proc.pid), machine_cpu()
         out = subprocess.run(
             [
                 "wrk",
@@ -501,6 +506,7 @@ def run_baseline(
         ).stdout
         result = wrk_json(out)
         result["cpu_ms_per_req"] = 1000 * (cpu_s(proc.pid) - cpu_before) / result["requests"]
+        result["machine_ms_per_req"] = 1000 * (machine_cpu() - machine_before) / result["requests"]
         return result
     finally:
         proc.terminate()
@@ -717,7 +723,8 @@ async def main() -> None:
     )
     print(
         f"  latency p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms; "
-        f"relay CPU {relay['cpu_ms_per_dn']:.3f} ms per DN"
+        f"relay CPU {relay['cpu_ms_per_dn']:.3f} ms per DN; the whole machine's (relay, "
+        f"PostgreSQL, wrk, all) {relay['machine_ms_per_dn']:.3f} ms per DN"
     )
     print(
         f"  writer: {relay['batches']:,.0f} batches, mean {relay['batch_mean']:.0f} DNs, "
@@ -750,7 +757,8 @@ async def main() -> None:
         rps = r["requests"] / r["duration_s"]
         print(
             f"{app}: {rps:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-            f"non-2xx {r['non2xx']:.0f}, CPU {r['cpu_ms_per_req']:.3f} ms per request"
+            f"non-2xx {r['non2xx']:.0f}, CPU {r['cpu_ms_per_req']:.3f} ms per request "
+            f"(the whole machine's {r['machine_ms_per_req']:.3f})"
         )
     if baselines:
         hello = baselines["hello_app"]["requests"] / baselines["hello_app"]["duration_s"]
@@ -765,6 +773,13 @@ async def main() -> None:
             f"{1000 / cpu:,.0f} DN/s, hello {1000 / baselines['hello_app']['cpu_ms_per_req']:,.0f} "
             f"req/s, naive {1000 / baselines['naive_app']['cpu_ms_per_req']:,.0f} req/s (Python "
             f"side only; the naive baseline's limit is the COMMIT per request, not its CPU)"
+        )
+        cores = os.cpu_count() or 1
+        ceiling = cores * 1000 / relay["machine_ms_per_dn"]
+        print(
+            f"machine-bound: at {relay['machine_ms_per_dn']:.3f} ms of the machine's CPU per DN, "
+            f"its {cores} cores could do at most {ceiling:,.0f} DN/s = {ceiling / hello:.2f}x "
+            f"hello, every core busy all the time"
         )
     if profile:
         print(profile)

@@ -34,6 +34,14 @@ def process_cpu(pid: int) -> float:
     return total
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy so far (every process, every core: user,
+    nice, system, irq, softirq, steal), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
