@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -23,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
-from app.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS, labelled
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -67,10 +66,6 @@ class RequestMiddleware:
         self.bind_context = not hot_path
         # Per instance: a logger proxy is bound to the level configured when first used.
         self._log = structlog.get_logger("app.request")
-        # Metric children by label values: labels() validates and converts its arguments on
-        # every call. Bounded: methods, route templates and status codes are small sets.
-        self._counted: dict[tuple[str, str, int], Any] = {}
-        self._timed: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,15 +102,8 @@ class RequestMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        counter = self._counted.get((method, template, status))
-        if counter is None:
-            counter = HTTP_REQUESTS.labels(method, template, str(status))
-            self._counted[(method, template, status)] = counter
-        counter.inc()
-        timer = self._timed.get((method, template))
-        if timer is None:
-            timer = self._timed[(method, template)] = HTTP_LATENCY.labels(method, template)
-        timer.observe(duration)
+        labelled(HTTP_REQUESTS, method, template, str(status)).inc()
+        labelled(HTTP_LATENCY, method, template).observe(duration)
         fields = {
             "method": method,
             "route": template,
