@@ -8,14 +8,18 @@ On a throw-away database (BENCH_DATABASE_URL's server, default
 postgresql://postgres@127.0.0.1/postgres), migrated and seeded with `--messages` messages
 (ANALYZEd), it writes `--batches` batches of each size exactly as the writer does (one call
 of `dn_store_batch` outside BEGIN: the locks, the batch's statement and the COMMIT in one
-round trip) on one connection, serially, and prints the mean time per batch and per DN. The
-DNs name seeded refs at random (~90%) or nothing.
+round trip) on one connection, serially, and prints the mean time per batch and per DN, and the
+CPU per DN of the database backend (from /proc: the server must run on this machine) and of
+this client (the relay's side of the call: encoding the batch). The DNs name seeded refs at
+random (~90%) or nothing. Then the share of the messages' row updates that were HOT (no index
+touched). `--alter SQL` (repeatable) runs after seeding, to measure a schema variant.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -55,6 +59,12 @@ async def main() -> None:
         action="store_true",
         help="every message has a callback_url: each change writes an outbox event",
     )
+    parser.add_argument(
+        "--alter",
+        action="append",
+        default=[],
+        help="SQL run after seeding (repeatable), e.g. to measure a schema variant",
+    )
     args = parser.parse_args()
     db_url, admin_dsn = await create_database("relay_batch")
     try:
@@ -75,11 +85,17 @@ async def main() -> None:
             )
         for trigger in args.no_callback_triggers.split(",") if args.no_callback_triggers else ():
             await conn.execute(f"ALTER TABLE messages DISABLE TRIGGER {trigger}")
+        for statement in args.alter:
+            await conn.execute(statement)
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
         rng = random.Random(7)
-        print(f"{args.messages:,} messages; mean ms per batch (serial, one connection):")
-        print(f"{'DNs':>5} {'per batch':>10} {'us per DN':>10}")
+        print(f"{args.messages:,} messages; mean per batch (serial, one connection):")
+        print(
+            f"{'DNs':>5} {'ms/batch':>10} {'us per DN':>10}"
+            f" {'CPU us/DN: database':>20} {'this client':>12}"
+        )
         for size in (int(s) for s in args.sizes.split(",")):
-            total = 0.0
+            total = cpu = client = 0.0
             for _ in range(args.batches):
                 dns = [
                     InboundDN(
@@ -93,14 +109,33 @@ async def main() -> None:
                     )
                     for _ in range(size)
                 ]
+                cpu_before, client_before = process_cpu(backend), time.process_time()
                 started = time.perf_counter()
                 await store_batch(conn, dns)
                 total += time.perf_counter() - started
+                cpu += process_cpu(backend) - cpu_before
+                client += time.process_time() - client_before
             per_batch = 1000 * total / args.batches
-            print(f"{size:>5} {per_batch:>10.2f} {1000 * per_batch / size:>10.1f}")
+            database, mine = (1e6 * x / args.batches / size for x in (cpu, client))
+            print(
+                f"{size:>5} {per_batch:>10.2f} {1000 * per_batch / size:>10.1f}"
+                f" {database:>20.1f} {mine:>12.1f}"
+            )
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        updates, hot = await conn.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
+        )
+        print(f"messages: {updates:,} row updates, {hot / max(updates, 1):.0%} of them HOT")
         await conn.close()
     finally:
         await drop_database(admin_dsn, db_url)
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) the process `pid` has used: the database backend's,
+    read from /proc (the database server runs on this machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -653,6 +653,12 @@ async def main() -> None:
     parser.add_argument(
         "--callbacks", action="store_true", help="every message has a callback_url (a receiver)"
     )
+    parser.add_argument(
+        "--alter",
+        action="append",
+        default=[],
+        help="SQL run after seeding (repeatable), e.g. to measure a schema variant",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get update && apt-get install -y wrk")
@@ -677,6 +683,8 @@ async def main() -> None:
         )
         if args.old_messages:
             await seed_old(conn, args.old_messages)
+        for statement in args.alter:
+            await conn.execute(statement)
         # As a live database would have them: planner statistics for the seeded tables
         # (without, the first batches' plans scan `messages` until autovacuum catches up).
         await conn.execute("ANALYZE messages")
