@@ -82,7 +82,15 @@ class Message(Base):
         Index("ix_messages_created_at_id", "created_at", "id"),
         Index("ix_messages_msisdn_created_at_id", "msisdn", "created_at", "id"),
         Index("ix_messages_status_created_at_id", "status", "created_at", "id"),
-        Index("ix_messages_client_ref_created_at_id", "client_ref", "created_at", "id"),
+        # Partial: most messages have no client_ref, and each status change (a non-HOT
+        # update) inserts into every index that takes the row.
+        Index(
+            "ix_messages_client_ref_created_at_id",
+            "client_ref",
+            "created_at",
+            "id",
+            postgresql_where=text("client_ref IS NOT NULL"),
+        ),
         Index("ix_messages_send_id", "send_id"),
     )
 
