@@ -12,6 +12,7 @@ before the app runs) or streamed (refused when the endpoint reads past the limit
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -66,6 +67,7 @@ class RequestMiddleware:
         self.bind_context = not hot_path
         # Per instance: a logger proxy is bound to the level configured when first used.
         self._log = structlog.get_logger("app.request")
+        self._debug: bool | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +106,8 @@ class RequestMiddleware:
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         labelled(HTTP_REQUESTS, method, template, str(status)).inc()
         labelled(HTTP_LATENCY, method, template).observe(duration)
+        if not self.bind_context and status == 200 and not self._log_hot_200():
+            return  # the DN hook's 200s are logged at DEBUG only: build nothing
         fields = {
             "method": method,
             "route": template,
@@ -120,6 +124,13 @@ class RequestMiddleware:
             (self._log.debug if status == 200 else self._log.info)(
                 "request", request_id=request_id, **fields
             )
+
+    def _log_hot_200(self) -> bool:
+        """Whether DEBUG lines are written: asked once, when the first one would be (the
+        logger proxy is bound to the level configured then, and stays so)."""
+        if self._debug is None:
+            self._debug = bool(self._log.is_enabled_for(logging.DEBUG))
+        return self._debug
 
     def _refusal(self, headers: int, header_bytes: int, declared_length: bytes) -> Response | None:
         if headers > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
