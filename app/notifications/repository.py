@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,26 +55,45 @@ _STORE_HEAD = f"""
         ORDER BY message_id, id DESC
     )
     UPDATE messages SET """  # noqa: S608 - fixed text only
+# The batch arrives as one JSON text, column by column (`store_batch`): asyncpg encoded nine
+# array parameters at ~0.2 us per element, checking each element against three abstract base
+# classes; orjson writes the same in a fraction of that. The function turns the columns back
+# into typed arrays (in order: WITH ORDINALITY), under the names the statement reads.
+# Measured (bench/dn_batch.py, 3 A/B runs): the relay's CPU per DN 25.5-25.9 -> 17.7-19.0 us
+# with 64-DN batches, 20.8-21.1 -> 13.7-13.8 us with 128; the database's about +3.5 us.
+_BATCH_COLUMNS = (
+    ("p_lock_keys", "bigint"),
+    ("p_lock_exclusive", "boolean"),
+    ("p_msgid", "text"),
+    ("p_status", "text"),
+    ("p_error_code", "text"),
+    ("p_error_description", "text"),
+    ("p_msisdn", "text"),
+    ("p_raw", "text"),
+    ("p_ts", "double precision"),
+)
+_DECLARE = "".join(
+    f"    {name} {kind}[] := ARRAY(SELECT c::{kind} FROM jsonb_array_elements_text("  # noqa: S608
+    f"p_batch->{index}) WITH ORDINALITY AS a(c, i) ORDER BY i);\n"
+    for index, (name, kind) in enumerate(_BATCH_COLUMNS)
+)
 STORE_FUNCTION = (
-    """
-BEGIN
+    "\nDECLARE\n"  # noqa: S608 - fixed text only
+    + _DECLARE
+    + """BEGIN
     PERFORM CASE WHEN s.x THEN pg_advisory_xact_lock(s.k)
                  ELSE pg_advisory_xact_lock_shared(s.k) END
     FROM (SELECT * FROM unnest(p_lock_keys, p_lock_exclusive) AS u(k, x) ORDER BY 1) AS s;
-"""  # noqa: S608 - fixed text only
+"""
     + _STORE_HEAD
     + APPLY_BATCH_SET
     + "\n    FROM d WHERE messages.id = d.message_id;\nEND\n"
 )
-STORE_FUNCTION_ARGS = (
-    "p_lock_keys bigint[], p_lock_exclusive boolean[], p_msgid text[], p_status text[], "
-    "p_error_code text[], p_error_description text[], p_msisdn text[], p_raw text[], "
-    "p_ts double precision[]"
-)
-STORE_BATCH = "SELECT dn_store_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+STORE_FUNCTION_ARGS = "p_batch jsonb"
+STORE_BATCH = "SELECT dn_store_batch($1)"
 
 # What `STORE_BATCH` takes for an empty batch (the writer's warm-up prepares it this way).
-EMPTY_BATCH: tuple[list[Any], ...] = ([],) * 9
+EMPTY_BATCH = orjson.dumps([[]] * len(_BATCH_COLUMNS)).decode()
 
 
 async def store_batch(
@@ -84,7 +104,8 @@ async def store_batch(
     error_code, error_description, msisdn, raw, received_ts); `keys`: their `dn_lock_keys`,
     if the caller has them already."""
     locks = dn_batch_locks(keys if keys is not None else [dn_lock_keys(dn[0]) for dn in dns])
-    await apg.execute(STORE_BATCH, *locks, *zip(*dns, strict=True))
+    columns = list(zip(*dns, strict=True)) or [()] * (len(_BATCH_COLUMNS) - 2)
+    await apg.execute(STORE_BATCH, orjson.dumps([*locks, *columns]).decode())
 
 
 async def begin_and_store(apg: Any, dns: Sequence[tuple[Any, ...]]) -> None:

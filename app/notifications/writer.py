@@ -147,7 +147,7 @@ class DNWriter:
 
         async def one() -> None:
             async with pooled_asyncpg(self._engine) as apg:
-                await apg.execute(STORE_BATCH, *EMPTY_BATCH)  # stores nothing
+                await apg.execute(STORE_BATCH, EMPTY_BATCH)  # stores nothing
 
         try:
             async with asyncio.timeout(5):

@@ -549,6 +549,47 @@ async def test_one_batch_moves_each_message_to_its_newest_dn_and_adds_its_count(
         await conn.close()
 
 
+async def test_every_field_of_a_batch_arrives_as_sent_in_arrival_order(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """The batch travels as one JSON text (`store_batch`): text that JSON must escape, text
+    outside ASCII, absent fields, a receipt time to the microsecond and the arrival order all
+    come out of the database as they went in."""
+    base = 1_764_560_000.123456
+    tricky = [
+        ('say "hi" \\ back\\slash', "Kedah: Sungai Petani, été ✓ 😀"),
+        ("\\u0000 is six characters", '{"nested": "json", "n": [1, 2.5e-7]}'),
+        ("tab\tnewline\nreturn\r", "[]"),
+    ]
+    sent = [
+        InboundDN(
+            f"json-{index:02d}",
+            "DELIVERED",
+            None if index % 3 == 0 else f"{index:03d}",
+            description,
+            None if index % 2 else "60123240066",
+            raw,
+            base + index / 1e6,
+        )
+        for index, (description, raw) in enumerate(tricky * 5)
+    ]
+    conn = await asyncpg.connect(pg_dsn(db_url))
+    try:
+        await begin_and_store(conn, sent)
+        await conn.execute("COMMIT")
+    finally:
+        await conn.close()
+    stored = await dns(engine)
+    assert [row["msgid"] for row in stored] == [dn.msgid for dn in sent]
+    assert [
+        (r["status"], r["error_code"], r["error_description"], r["msisdn"], r["raw"])
+        for r in stored
+    ] == [(d.status, d.error_code, d.error_description, d.msisdn, d.raw) for d in sent]
+    assert [round(r["received_at"].timestamp(), 6) for r in stored] == [
+        round(d.received_ts, 6) for d in sent
+    ]
+
+
 async def test_writer_opens_its_connections_before_the_first_dn(db_url: str) -> None:
     """A burst right after a start does not wait for connection set-up (Postgres)."""
     async with relay_with(db_url) as relay:
