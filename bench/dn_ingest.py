@@ -28,8 +28,9 @@ What it does, in one run:
    relay's CPU per DN and RSS before and after (workers included), and the writer's batches
    (count, mean size, mean time) and server-side p99 from the relay's own metrics; and the
    whole machine's CPU per DN and per baseline request (/proc/stat: the app, PostgreSQL, wrk
-   and anything else running), with the DN/s that many cores could reach at that cost (with
-   `--callbacks`, the callbacks sent in the second after the burst are counted too).
+   and anything else running) and PostgreSQL's share of it (every `postgres` process), with
+   the DN/s that many cores could reach at that cost (with `--callbacks`, the callbacks sent
+   in the second after the burst are counted too).
 
 The relay's /metrics is polled once a second to see when every DN is answered (a scrape costs
 it some CPU, counted per DN); DN/s comes from the stored receipt times, not from that loop.
@@ -64,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from callbacks import SECRET as CALLBACK_SECRET  # noqa: E402
 from callbacks import start_receiver  # noqa: E402
-from profiling import machine_cpu  # noqa: E402
+from profiling import machine_cpu, postgres_cpu  # noqa: E402
 from throwaway_db import create_database, drop_database  # noqa: E402
 
 from tests.reliability import asyncpg_dsn  # noqa: E402
@@ -372,7 +373,7 @@ def run_relay(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        cpu_before, machine_before = cpu_s(proc.pid), machine_cpu()
+        cpu_before, machine_before, pg_before = cpu_s(proc.pid), machine_cpu(), postgres_cpu()
         result_started = time.time()
         wrk = subprocess.Popen(
             [
@@ -435,6 +436,7 @@ def run_relay(
             result["profile"] = str(tmp / "profile.txt")  # type: ignore[assignment]
         result["cpu_ms_per_dn"] = 1000 * (cpu_s(proc.pid) - cpu_before) / len(plan)
         result["machine_ms_per_dn"] = 1000 * (machine_cpu() - machine_before) / len(plan)
+        result["postgres_ms_per_dn"] = 1000 * (postgres_cpu() - pg_before) / len(plan)
         result["wrk_started_ts"] = result_started
         result.update(writer_stats(base))
         result["rss_before_mb"] = rss_before
@@ -484,7 +486,7 @@ def run_baseline(
     try:
         wait_http(f"{base}/healthz", proc)
         script = write_lua(tmp, app, BASELINE_LUA, paths)
-        cpu_before, machine_before = cpu_s(proc.pid), machine_cpu()
+        cpu_before, machine_before, pg_before = cpu_s(proc.pid), machine_cpu(), postgres_cpu()
         out = subprocess.run(
             [
                 "wrk",
@@ -507,6 +509,7 @@ def run_baseline(
         result = wrk_json(out)
         result["cpu_ms_per_req"] = 1000 * (cpu_s(proc.pid) - cpu_before) / result["requests"]
         result["machine_ms_per_req"] = 1000 * (machine_cpu() - machine_before) / result["requests"]
+        result["postgres_ms_per_req"] = 1000 * (postgres_cpu() - pg_before) / result["requests"]
         return result
     finally:
         proc.terminate()
@@ -732,7 +735,8 @@ async def main() -> None:
     print(
         f"  latency p50 {relay['p50_ms']:.2f} ms, p99 {relay['p99_ms']:.2f} ms; "
         f"relay CPU {relay['cpu_ms_per_dn']:.3f} ms per DN; the whole machine's (relay, "
-        f"PostgreSQL, wrk, all) {relay['machine_ms_per_dn']:.3f} ms per DN"
+        f"PostgreSQL, wrk, all) {relay['machine_ms_per_dn']:.3f} ms per DN, of which "
+        f"PostgreSQL's {relay['postgres_ms_per_dn']:.3f}"
     )
     print(
         f"  writer: {relay['batches']:,.0f} batches, mean {relay['batch_mean']:.0f} DNs, "
@@ -766,7 +770,8 @@ async def main() -> None:
         print(
             f"{app}: {rps:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
             f"non-2xx {r['non2xx']:.0f}, CPU {r['cpu_ms_per_req']:.3f} ms per request "
-            f"(the whole machine's {r['machine_ms_per_req']:.3f})"
+            f"(the whole machine's {r['machine_ms_per_req']:.3f}, PostgreSQL's "
+            f"{r['postgres_ms_per_req']:.3f})"
         )
     if baselines:
         hello = baselines["hello_app"]["requests"] / baselines["hello_app"]["duration_s"]
