@@ -81,6 +81,17 @@ log = structlog.get_logger("app.callbacks")
 POLL_S = 1.0  # the fallback poll; new events come with a NOTIFY
 STATS_S = 5.0  # queue depth / oldest pending age refresh
 DB_RETRY_S = 1.0
+# The claim and result connections' settings.
+# - synchronous_commit off: a claim or a result lost with the last milliseconds of WAL in a
+#   server crash means the event is attempted again (at least once, as promised); not waiting
+#   for a WAL flush per claim and per batch of results is what lets one process keep up with a
+#   burst. The events themselves are committed by the change's own transaction, with the
+#   database's durability.
+# - every statement planned for the table as it is now, never a cached generic plan: one made
+#   while callback_events was empty (a relay at rest) scanned and sorted every pending event in
+#   each claim once a burst came (36 s a claim of 16 with 3,000 pending, before the claim's
+#   superseding step took its ids as an array; 29 ms after). Planning costs ~1 ms a claim.
+SERVER_SETTINGS = {"synchronous_commit": "off", "plan_cache_mode": "force_custom_plan"}
 YIELD_S = 0.25  # while the DN hook is busy, one claim this often at most
 YIELD_CLAIM_MAX = 16  # ... of this many events at most
 
@@ -128,7 +139,6 @@ class CallbackDispatcher:
         self._closing = False
         self._session: aiohttp.ClientSession | None = None
         self._conns: dict[str, Any] = {}  # role -> asyncpg.Connection
-        self._backlog = False  # the last claim's due set was full
         self._listener: Any = None  # asyncpg.Connection
         self._listener_retry_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -241,14 +251,8 @@ class CallbackDispatcher:
         # claim (`_claim_max`): what a claim returns for a receiver below it is all attempted.
         full = [origin for origin, n in self._by_origin.items() if n >= self._origin_slots]
         limit = min(free, self._claim_max)
-        # A backlog (the last claim's due set was full) is claimed on a connection that plans
-        # each claim for the table as it is now: the claim's cached generic plan, made while
-        # the table was small, took 0.2-1.1 s a claim after a 20,000-DN burst (10,000 events
-        # out in 267 s; 3.3 s planned per claim). Otherwise the generic plan, without the
-        # planning cost of ~100 claims a second at a steady 2,000 events/s.
-        async with self._connection("drain" if self._backlog else "claim") as apg:
+        async with self._connection("claim") as apg:
             rows = await apg.fetch(CLAIM_SQL, limit, self._lease_s, full)
-        self._backlog = rows[0]["due"] >= limit
         if rows[0]["superseded"]:
             labelled(CALLBACK_EVENTS, "superseded").inc(rows[0]["superseded"])
         claimed = [row for row in rows if row["id"] is not None]
@@ -373,15 +377,7 @@ class CallbackDispatcher:
                 self._dsn.render_as_string(hide_password=False),
                 timeout=5,
                 command_timeout=30,
-                # A claim or a result lost with the last milliseconds of WAL in a server crash
-                # means the event is attempted again (at least once, as promised); not waiting
-                # for a WAL flush per claim and per batch of results is what lets one process
-                # keep up with a burst. The events themselves are committed by the change's
-                # own transaction, with the database's durability.
-                server_settings={
-                    "synchronous_commit": "off",
-                    **({"plan_cache_mode": "force_custom_plan"} if role == "drain" else {}),
-                },
+                server_settings=SERVER_SETTINGS,
             )
         try:
             yield conn
