@@ -57,6 +57,7 @@ from sqlalchemy.engine import make_url
 from app.callbacks.attempt import NoLinkLocalResolver, Outcome, next_state, post
 from app.callbacks.attempt import origin as receiver_origin
 from app.callbacks.repository import (
+    ANALYZE_SQL,
     CLAIM_SQL,
     NOTIFY_CHANNEL,
     QUEUE_STATS_SQL,
@@ -92,6 +93,7 @@ DB_RETRY_S = 1.0
 #   each claim once a burst came (36 s a claim of 16 with 3,000 pending, before the claim's
 #   superseding step took its ids as an array; 29 ms after). Planning costs ~1 ms a claim.
 SERVER_SETTINGS = {"synchronous_commit": "off", "plan_cache_mode": "force_custom_plan"}
+ANALYZE_EVERY_S = 60.0  # at most this often, when a claim meets a backlog
 YIELD_S = 0.25  # while the DN hook is busy, one claim this often at most
 YIELD_CLAIM_MAX = 16  # ... of this many events at most
 
@@ -140,6 +142,7 @@ class CallbackDispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._conns: dict[str, Any] = {}  # role -> asyncpg.Connection
         self._listener: Any = None  # asyncpg.Connection
+        self._analyze_after = 0.0
         self._listener_retry_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -253,6 +256,9 @@ class CallbackDispatcher:
         limit = min(free, self._claim_max)
         async with self._connection("claim") as apg:
             rows = await apg.fetch(CLAIM_SQL, limit, self._lease_s, full)
+            if rows[0]["due"] >= limit and time.monotonic() >= self._analyze_after:
+                self._analyze_after = time.monotonic() + ANALYZE_EVERY_S
+                await apg.execute(ANALYZE_SQL)  # a backlog: see repository.ANALYZE_SQL
         if rows[0]["superseded"]:
             labelled(CALLBACK_EVENTS, "superseded").inc(rows[0]["superseded"])
         claimed = [row for row in rows if row["id"] is not None]

@@ -78,7 +78,8 @@ WITH due AS (
     SET claimed_until = now() + make_interval(secs => $2),
         next_attempt_at = now() + make_interval(secs => $2),
         attempts = c.attempts + 1
-    WHERE c.id = ANY (ARRAY(SELECT id FROM judged WHERE NOT stale AND NOT busy))
+    FROM judged j
+    WHERE c.id = j.id AND NOT j.stale AND NOT j.busy
     RETURNING c.*
 )
 SELECT c.id, c.message_id, c.version, c.url, c.ref, c.status, c.submit_code,
@@ -89,6 +90,11 @@ SELECT c.id, c.message_id, c.version, c.url, c.ref, c.status, c.submit_code,
 FROM (SELECT 1) AS one  -- one row even when nothing is claimed: the counts
 LEFT JOIN (claimed c JOIN messages m ON m.id = c.message_id) ON true
 """
+
+# Statistics for the claim's planner: taken when a claim meets a backlog (`dispatcher`), so
+# that a burst which found callback_events empty (as autovacuum last saw it) is claimed with
+# plans for its real size; autovacuum may take a minute to get there.
+ANALYZE_SQL = "ANALYZE callback_events"
 
 # Attempt results, many at once: the attempt rows, and each event's new state where its lease
 # is still ours. $1 ids, $2 leases, $3 states, $4 next attempt times, $5 status codes,
