@@ -62,6 +62,7 @@ from app.callbacks.repository import (
     NOTIFY_CHANNEL,
     QUEUE_STATS_SQL,
     RECORD_RESULTS_SQL,
+    SERVER_SETTINGS,
 )
 from app.callbacks.service import event_body, url_host
 from app.callbacks.signing import secret_key, webhook_headers
@@ -82,17 +83,6 @@ log = structlog.get_logger("app.callbacks")
 POLL_S = 1.0  # the fallback poll; new events come with a NOTIFY
 STATS_S = 5.0  # queue depth / oldest pending age refresh
 DB_RETRY_S = 1.0
-# The claim and result connections' settings.
-# - synchronous_commit off: a claim or a result lost with the last milliseconds of WAL in a
-#   server crash means the event is attempted again (at least once, as promised); not waiting
-#   for a WAL flush per claim and per batch of results is what lets one process keep up with a
-#   burst. The events themselves are committed by the change's own transaction, with the
-#   database's durability.
-# - every statement planned for the table as it is now, never a cached generic plan: one made
-#   while callback_events was empty (a relay at rest) scanned and sorted every pending event in
-#   each claim once a burst came (36 s a claim of 16 with 3,000 pending, before the claim's
-#   superseding step took its ids as an array; 29 ms after). Planning costs ~1 ms a claim.
-SERVER_SETTINGS = {"synchronous_commit": "off", "plan_cache_mode": "force_custom_plan"}
 ANALYZE_EVERY_S = 60.0  # at most this often, when a claim meets a backlog
 YIELD_S = 0.25  # while the DN hook is busy, one claim this often at most
 YIELD_CLAIM_MAX = 16  # ... of this many events at most

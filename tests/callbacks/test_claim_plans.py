@@ -15,8 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from app.callbacks.dispatcher import SERVER_SETTINGS
-from app.callbacks.repository import CLAIM_SQL
+from app.callbacks.repository import CLAIM_SQL, SERVER_SETTINGS
 from app.migrate import upgrade_async
 from tests.reliability import asyncpg_dsn
 
