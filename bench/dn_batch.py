@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
 import time
@@ -30,6 +29,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from profiling import process_cpu  # noqa: E402
 from throwaway_db import create_database, drop_database  # noqa: E402
 
 from app.notifications.repository import store_batch  # noqa: E402
@@ -129,13 +129,6 @@ async def main() -> None:
         await conn.close()
     finally:
         await drop_database(admin_dsn, db_url)
-
-
-def process_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system) the process `pid` has used: the database backend's,
-    read from /proc (the database server runs on this machine)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -19,19 +19,23 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 
+def _own_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the process `pid` alone, from /proc; 0 once
+    it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds used so far by `pid` and its children (uvicorn workers), from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
         pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return total
+    return sum(_own_cpu(p) for p in pids)
 
 
 def machine_cpu() -> float:
@@ -48,15 +52,12 @@ def postgres_cpu() -> float:
     that exits between two readings takes its CPU with it: read around a phase whose
     connections stay open."""
     total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if (entry / "comm").read_text().strip() != "postgres":
-                continue
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            if (entry / "comm").read_text().strip() == "postgres":
+                total += _own_cpu(int(entry.name))
     return total
 
 
